@@ -6,15 +6,17 @@
 #include <random>
 #include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace sagellm {
 
 struct SamplingParams {
-  float temperature = 1.0f;  // 0 means greedy (argmax, lowest id wins ties)
-  int top_k = 0;             // 0 or negative: disabled
-  float top_p = 1.0f;        // 1: disabled
-  float min_p = 0.0f;        // 0: disabled
+  float temperature = 1.0f;      // 0 means greedy (argmax, lowest id wins ties)
+  int top_k = 0;                 // 0 or negative: disabled
+  float top_p = 1.0f;            // 1: disabled
+  float min_p = 0.0f;            // 0: disabled
   std::optional<uint64_t> seed;  // same seed and logits -> same tokens
   int max_tokens = 128;
   std::vector<std::string> stop;        // stop strings (not included in the output)
@@ -36,6 +38,8 @@ class Sampler {
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> scratch_;
+  // Unnormalized probability by token id (the top token has weight 1); only candidates are valid.
+  std::vector<double> weights_;
 };
 
 int32_t argmax(std::span<const float> logits);

@@ -19,7 +19,9 @@ struct TensorEntry {
   std::string name;
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
-  const std::byte* data = nullptr;  // points into the mapped file
+  // Points into the mapped file. Aligned only as far as the header length allows (writers pad it to
+  // 8 bytes, but nothing forces them to), so read elements with memcpy or use load_f32.
+  const std::byte* data = nullptr;
   size_t nbytes = 0;
 
   int64_t numel() const;

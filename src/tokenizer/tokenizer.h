@@ -59,6 +59,10 @@ class IncrementalDecoder {
   bool skip_special_;
   std::vector<int32_t> ids_;
   size_t emitted_bytes_ = 0;
+  // ids_ is a window: its first prefix_ids_ ids produced the last emitted chunk (whose text,
+  // emitted_bytes_ long, is the window's decoded prefix); the rest are not emitted yet. Decoding
+  // the window instead of everything keeps each push O(window).
+  size_t prefix_ids_ = 0;
 };
 
 struct ChatMessage {
@@ -71,7 +75,13 @@ enum class ChatTemplate { kLlama3, kLlama2 };
 // Picks the template family from the tokenizer (Llama-3 special tokens present → kLlama3).
 ChatTemplate chat_template_for(const Tokenizer& tokenizer);
 // Renders messages to the prompt text; special tokens appear as their text (e.g.
-// "<|begin_of_text|>") so encode() maps them to their ids.
+// "<|begin_of_text|>") so encode() maps them to their ids. The text already starts with BOS, so
+// encode it with add_special_tokens = false.
+// kLlama3 renders Meta's Llama-3.1 Instruct template without tools: a system block that always
+// carries "Cutting Knowledge Date: December 2023" and "Today Date: 26 Jul 2024" (the template's
+// fixed default date_string), the system message (trimmed) inside it, then each message trimmed.
+// kLlama2 renders Meta's Llama-2-chat template ([INST] … [/INST], <<SYS>> in the first user turn);
+// roles must alternate user/assistant after an optional system message, else sagellm::Error.
 std::string apply_chat_template(ChatTemplate tmpl, std::span<const ChatMessage> messages,
                                 bool add_generation_prompt = true);
 

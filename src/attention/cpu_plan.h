@@ -1,0 +1,43 @@
+// Shared by the CPU backends: validation of a batch against the shape and the cache, and its
+// split into independent work items. A work item is up to kItemTokens consecutive new tokens of
+// one request (aligned to the request's first new token) times
+// all query heads that read one KV head (the GQA group), so K and V of a page are loaded once for
+// all of them. Every output row belongs to exactly one item and an item is computed start to end
+// by one thread in a fixed order, so results do not depend on the thread count, on the schedule,
+// or on the other requests in the batch.
+#pragma once
+
+#include <vector>
+
+#include "attention/backend.h"
+
+namespace sagellm::attention_cpu {
+
+// The block of rows that shares one Q scale in sage_attn (16 rows of one head).
+inline constexpr int kQueryBlockRows = 16;
+// New tokens per work item: several Q blocks, so that each page's K and V are prepared once for
+// many rows.
+inline constexpr int kItemTokens = 4 * kQueryBlockRows;
+
+struct WorkItem {
+  int seq = 0;      // index into batch.seqs
+  int kv_head = 0;  // query heads kv_head * group .. (kv_head + 1) * group - 1
+  int q_begin = 0;  // rows q_begin .. q_end - 1 of the request's new tokens
+  int q_end = 0;
+};
+
+// Throws sagellm::Error when the batch does not fit the shape or the cache.
+void validate_batch(const AttentionShape& shape, const AttentionBatch& batch,
+                    const PagedKVCache& cache, int layer, const float* q, const float* out);
+
+// Work items in a fixed order (request, KV head, row block).
+std::vector<WorkItem> plan_work(const AttentionShape& shape, const AttentionBatch& batch);
+
+// Last key (inclusive, request-relative) that new token `i` of `seq` may see.
+inline int last_visible_key(const AttentionSeq& seq, int i, bool causal) {
+  return causal ? seq.kv_len - seq.q_len + i : seq.kv_len - 1;
+}
+
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+}  // namespace sagellm::attention_cpu

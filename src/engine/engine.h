@@ -1,0 +1,95 @@
+// The engine: a model, its tokenizer, an attention backend and a paged KV cache, with the two
+// things every command needs: scoring token sequences (logits for every position) and batched
+// generation.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "attention/backend.h"
+#include "engine/sampling.h"
+#include "kv_cache/kv_cache.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+namespace sagellm {
+
+struct EngineOptions {
+  std::filesystem::path model_dir;
+  std::string device = "cpu";                  // cpu (cuda: not in this build)
+  std::string attention_backend = "flash";
+  AttentionOptions attention_options;
+  std::string kv_cache_dtype = "auto";         // auto | fp32 | bf16 | int8
+  std::string load_format = "auto";            // auto | dummy (seeded random weights)
+  int page_size = 64;
+  int64_t kv_cache_tokens = 0;                 // 0: max(context length, 8192) within the budget
+  size_t kv_cache_bytes = size_t{1} << 30;     // CPU memory budget for the cache
+  int64_t context_length = 0;                  // 0: the model's max_position_embeddings
+  int prefill_chunk = 2048;                    // tokens per forward step when prefilling
+};
+
+// Resolves --kv-cache-dtype for a backend; throws on unknown names.
+KVCacheDType resolve_kv_cache_dtype(std::string_view name, const AttentionBackend& backend);
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+};
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated ids (stop tokens excluded)
+  std::string text;             // decoded, stop strings removed
+  std::string finish_reason;    // "stop" or "length"
+  int prompt_tokens = 0;
+};
+
+struct GenerationStats {
+  double prefill_seconds = 0, decode_seconds = 0;
+  int64_t prefill_tokens = 0, decode_tokens = 0;
+};
+
+// Called with (request index, newly emitted text, token id) as tokens are generated.
+using TokenCallback = std::function<void(size_t, const std::string&, int32_t)>;
+
+class Engine {
+ public:
+  explicit Engine(const EngineOptions& options);
+
+  const io::ModelConfig& config() const { return model_.config(); }
+  const LlamaModel& model() const { return model_; }
+  const AttentionBackend& attention() const { return *attention_; }
+  const PagedKVCache& cache() const { return cache_; }
+  int64_t context_length() const { return context_length_; }
+  bool has_tokenizer() const { return tokenizer_ != nullptr; }
+  const Tokenizer& tokenizer() const;  // throws when the model directory has none
+
+  // Logits for every position of `ids` ([T][vocab]), prefilled in chunks from an empty cache.
+  std::vector<float> score(std::span<const int32_t> ids, const ActivationObserver& observer = {});
+
+  std::vector<GenerationResult> generate(const std::vector<GenerationRequest>& requests,
+                                         const TokenCallback& on_token = {},
+                                         GenerationStats* stats = nullptr);
+
+ private:
+  struct Slot {
+    std::vector<int> pages;
+    int kv_len = 0;
+  };
+  void reserve(Slot& slot, int64_t tokens);  // throws when the cache cannot hold them
+  void release(Slot& slot);
+
+  EngineOptions options_;
+  LlamaModel model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<AttentionBackend> attention_;
+  int64_t context_length_;
+  PagedKVCache cache_;
+};
+
+}  // namespace sagellm

@@ -1,0 +1,55 @@
+#include "kv_cache/page_quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/fp8.h"
+#include "core/int8_quant.h"
+
+namespace sagellm {
+
+void quantize_k_page(const float* k, int n, int page_size, int head_dim, int8_t* codes, float* mean,
+                     float* scale) {
+  std::fill(mean, mean + head_dim, 0.0f);
+  for (int j = 0; j < n; ++j) {
+    for (int d = 0; d < head_dim; ++d) mean[d] += k[j * head_dim + d];
+  }
+  const float count = static_cast<float>(std::max(n, 1));
+  for (int d = 0; d < head_dim; ++d) mean[d] /= count;
+
+  float max_abs = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    for (int d = 0; d < head_dim; ++d) {
+      max_abs = std::max(max_abs, std::fabs(k[j * head_dim + d] - mean[d]));
+    }
+  }
+  const float s = int8_scale_for(max_abs);
+  *scale = s;
+  for (int j = 0; j < n; ++j) {
+    for (int d = 0; d < head_dim; ++d) {
+      codes[j * head_dim + d] = quantize_int8(k[j * head_dim + d] - mean[d], s);
+    }
+  }
+  std::memset(codes + static_cast<size_t>(n) * head_dim, 0,
+              static_cast<size_t>(page_size - n) * head_dim);
+}
+
+void quantize_v_page(const float* v, int n, int page_size, int head_dim, uint8_t* codes,
+                     float* scale) {
+  for (int d = 0; d < head_dim; ++d) {
+    float max_abs = 0.0f;
+    for (int j = 0; j < n; ++j) max_abs = std::max(max_abs, std::fabs(v[j * head_dim + d]));
+    scale[d] = max_abs / kFp8E4M3Max;
+  }
+  for (int j = 0; j < n; ++j) {
+    for (int d = 0; d < head_dim; ++d) {
+      codes[j * head_dim + d] =
+          scale[d] > 0.0f ? float_to_fp8_e4m3(v[j * head_dim + d] / scale[d]) : uint8_t{0};
+    }
+  }
+  std::memset(codes + static_cast<size_t>(n) * head_dim, 0,
+              static_cast<size_t>(page_size - n) * head_dim);
+}
+
+}  // namespace sagellm

@@ -1,0 +1,32 @@
+// The 8-bit page format of SageAttention's paged cache, for one KV head of one page: the one
+// function that produces it, used both when the cache seals a full page and when the sage backend
+// quantizes a float page (a kFloat cache, or the partly filled tail of a kInt8 cache) on the fly.
+// GPU kernels must produce the same codes up to the fp32 summation order of the mean.
+//
+// K (n valid tokens k[j][d], j < n):
+//   mean[d]  = (sum over j = 0..n-1 of k[j][d], fp32, in order of j) / n      (IEEE division)
+//   k'[j][d] = k[j][d] - mean[d]                                                (fp32)
+//   scale    = max over j, d of |k'[j][d]| / 127  (0 when all are 0)
+//   code     = clamp(round_half_away(k'[j][d] / scale), -127, 127)             (0 when scale == 0)
+//   so k ~= code * scale + mean[d]. The mean takes the per-channel offsets (the outliers of K) out
+//   before the one per-page scale is chosen, and the attention kernel adds q . mean back exactly.
+// V (per channel d):
+//   scale[d] = max over j of |v[j][d]| / 448      (0 when all are 0)
+//   code     = fp8_e4m3_satfinite(v[j][d] / scale[d])   (+0 when scale[d] == 0)
+//   so v ~= fp8_value(code) * scale[d].
+// Rows j >= n are not read and their codes are set to 0, so a partly filled page quantizes only
+// its valid tokens and stale slots never matter.
+#pragma once
+
+#include <cstdint>
+
+namespace sagellm {
+
+// k: [n][head_dim] contiguous; codes: [page_size][head_dim]; mean: [head_dim].
+void quantize_k_page(const float* k, int n, int page_size, int head_dim, int8_t* codes, float* mean,
+                     float* scale);
+// v: [n][head_dim] contiguous; codes: [page_size][head_dim]; scale: [head_dim].
+void quantize_v_page(const float* v, int n, int page_size, int head_dim, uint8_t* codes,
+                     float* scale);
+
+}  // namespace sagellm

@@ -1,0 +1,22 @@
+// Decoders of tokenizer.json ("decoder"): token strings → text. Like HF, each decoder rewrites the
+// list of token strings (decode_chain) and the final text is their concatenation.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tokenizer/json_fields.h"
+
+namespace sagellm {
+
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
+};
+
+// nullptr for a null decoder. Throws sagellm::Error naming an unsupported type.
+std::unique_ptr<Decoder> make_decoder(const nlohmann::json& j, const std::string& where);
+
+}  // namespace sagellm
