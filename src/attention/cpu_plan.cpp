@@ -57,4 +57,15 @@ std::vector<WorkItem> plan_work(const AttentionShape& shape, const AttentionBatc
   return items;
 }
 
+double estimate_work(const AttentionShape& shape, const AttentionBatch& batch,
+                     const std::vector<WorkItem>& items) {
+  const int group = shape.num_heads / shape.num_kv_heads;
+  double work = 0.0;
+  for (const WorkItem& it : items) {
+    work += 2.0 * (it.q_end - it.q_begin) * group * batch.seqs[static_cast<size_t>(it.seq)].kv_len *
+            shape.head_dim;
+  }
+  return work;
+}
+
 }  // namespace sagellm::attention_cpu

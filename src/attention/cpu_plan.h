@@ -1,10 +1,10 @@
 // Shared by the CPU backends: validation of a batch against the shape and the cache, and its
 // split into independent work items. A work item is up to kItemTokens consecutive new tokens of
-// one request (aligned to the request's first new token) times
-// all query heads that read one KV head (the GQA group), so K and V of a page are loaded once for
-// all of them. Every output row belongs to exactly one item and an item is computed start to end
-// by one thread in a fixed order, so results do not depend on the thread count, on the schedule,
-// or on the other requests in the batch.
+// one request (aligned to the request's first new token) times all query heads that read one KV
+// head (the GQA group), so K and V of a page are loaded once for all of them. Every output row
+// belongs to exactly one item and an item is computed start to end by one thread in a fixed
+// order, so results do not depend on the thread count, on the schedule, or on the other requests
+// in the batch.
 #pragma once
 
 #include <vector>
@@ -32,6 +32,14 @@ void validate_batch(const AttentionShape& shape, const AttentionBatch& batch,
 
 // Work items in a fixed order (request, KV head, row block).
 std::vector<WorkItem> plan_work(const AttentionShape& shape, const AttentionBatch& batch);
+
+// Floating-point operations of the items (an upper bound: causal masking is ignored). Below
+// kMinParallelWork the work runs on the calling thread: a parallel region costs more than it
+// saves there, and much more when the machine is oversubscribed (a spinning barrier then waits
+// for a descheduled thread). Results do not depend on this choice.
+double estimate_work(const AttentionShape& shape, const AttentionBatch& batch,
+                     const std::vector<WorkItem>& items);
+inline constexpr double kMinParallelWork = 1 << 18;
 
 // Last key (inclusive, request-relative) that new token `i` of `seq` may see.
 inline int last_visible_key(const AttentionSeq& seq, int i, bool causal) {

@@ -3,11 +3,10 @@
 //   --jsonl F                  one JSON string a line → one JSON array of ids a line
 //   --decode --ids 1,2,3       ids                    → {"text": "..."}
 //   --decode --jsonl F         one JSON id array a line → one JSON string a line
-#include <nlohmann/json.hpp>
-
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -119,8 +118,8 @@ int run_tokenize(const TokenizeArgs& a) {
     std::string out;
     for_each_jsonl(a.jsonl, [&](const nlohmann::json& j, size_t line_no) {
       SAGELLM_CHECK(j.is_string(), "{} line {}: expected a JSON string", a.jsonl, line_no);
-      out += nlohmann::json(tok.encode(j.get_ref<const std::string&>(), a.add_special_tokens))
-                 .dump();
+      out +=
+          nlohmann::json(tok.encode(j.get_ref<const std::string&>(), a.add_special_tokens)).dump();
       out += '\n';
     });
     std::fwrite(out.data(), 1, out.size(), stdout);
@@ -136,7 +135,8 @@ int run_tokenize(const TokenizeArgs& a) {
 Action add_tokenize(CLI::App& root) {
   auto args = std::make_shared<TokenizeArgs>();
   CLI::App* app = root.add_subcommand(
-      "tokenize", "Text to token ids as JSON (or ids to text with --decode), as HF tokenizers does");
+      "tokenize",
+      "Text to token ids as JSON (or ids to text with --decode), as HF tokenizers does");
   auto* model = app->add_option("--model", args->model_dir, "Model directory with tokenizer.json");
   app->add_option("--tokenizer", args->tokenizer_file, "A tokenizer.json file")->excludes(model);
   args->text_option = app->add_option("--text", args->text, "Text to tokenize");

@@ -12,8 +12,8 @@ namespace {
 
 // Rust's regex \w (Unicode), which HF uses for single_word tokens.
 bool is_word_char(std::string_view text, size_t begin, size_t end) {
-  static const Regex word = Regex::compile(
-      R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}])", "added token word check");
+  static const Regex word = Regex::compile(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}])",
+                                           "added token word check");
   return word.search(text.substr(begin, end - begin));
 }
 
@@ -130,8 +130,9 @@ void AddedVocabulary::split(const TextPiece& piece, const Matcher& matcher,
     return;
   }
   auto push_text = [&](size_t b, size_t e) {
-    if (b < e) out.push_back({std::string(s.substr(b, e - b)), std::nullopt,
-                              piece.at_input_start && b == 0});
+    if (b < e)
+      out.push_back(
+          {std::string(s.substr(b, e - b)), std::nullopt, piece.at_input_start && b == 0});
   };
   size_t start_offset = 0;
   size_t pos = 0;

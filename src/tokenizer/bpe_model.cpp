@@ -66,7 +66,39 @@ const BpeModel::Merge* BpeModel::MergeMap::find(int32_t a, int32_t b) const {
   }
 }
 
-std::unique_ptr<BpeModel> BpeModel::from_json(const json& model, const std::string& where) {
+namespace {
+
+// The tables when they were not streamed: from the DOM, with the same checks.
+void tables_from_dom(const json& model, TokenizerJson& tables, const std::string& where) {
+  if (!tables.has_vocab) {
+    const std::string vw = child(where, "vocab");
+    const json& vocab = object(required(model, "vocab", where), vw);
+    for (const auto& [token, id] : vocab.items()) {
+      tables.vocab.emplace_back(token, integer_of(id, child(vw, token)));
+    }
+    tables.has_vocab = true;
+  }
+  if (!tables.has_merges) {
+    const std::string mw = child(where, "merges");
+    const json& merges = array_of(required(model, "merges", where), mw);
+    for (size_t i = 0; i < merges.size(); ++i) {
+      const json& e = merges[i];
+      if (e.is_string()) {
+        tables.merges.push_back({e.get<std::string>(), {}, true});
+      } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
+        tables.merges.push_back({e[0].get<std::string>(), e[1].get<std::string>(), false});
+      } else {
+        fail("{}: expected \"a b\" or [\"a\", \"b\"]", index(mw, i));
+      }
+    }
+    tables.has_merges = true;
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<BpeModel> BpeModel::from_json(const json& model, TokenizerJson& tables,
+                                              const std::string& where) {
   object(model, where);
   std::unique_ptr<BpeModel> m(new BpeModel());
   if (const json* d = optional(model, "dropout")) {
@@ -84,16 +116,16 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& model, const std::stri
   m->ignore_merges_ = bool_or(model, "ignore_merges", false, where);
 
   // Vocabulary.
+  tables_from_dom(model, tables, where);
   const std::string vw = child(where, "vocab");
-  const json& vocab = object(required(model, "vocab", where), vw);
-  m->vocab_.reserve(vocab.size());
+  m->vocab_.reserve(tables.vocab.size());
   int64_t max_id = -1;
-  for (const auto& [token, id_json] : vocab.items()) {
-    const int64_t id = integer_of(id_json, child(vw, token));
+  for (auto& [token, id] : tables.vocab) {
     if (id < 0 || id > INT32_MAX) fail("{}: id {} is out of range", child(vw, token), id);
     max_id = std::max(max_id, id);
     m->vocab_.insert_or_assign(token, static_cast<int32_t>(id));
   }
+  tables.vocab = {};
   if (max_id >= static_cast<int64_t>(m->vocab_.size()) + kMaxSparseIds) {
     fail("{}: ids are too sparse (largest id {} for {} entries)", vw, max_id, m->vocab_.size());
   }
@@ -114,8 +146,7 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& model, const std::stri
 
   // Merges, either "a b" strings or ["a", "b"] pairs; the position is the rank.
   const std::string mw = child(where, "merges");
-  const json& merges = array_of(required(model, "merges", where), mw);
-  m->merges_.reserve(merges.size());
+  m->merges_.reserve(tables.merges.size());
   const size_t prefix_len = m->continuing_subword_prefix_.size();
   std::string joined;
   auto lookup = [&](std::string_view token, size_t i) {
@@ -123,23 +154,17 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& model, const std::stri
     if (!id) fail("{}: token '{}' is not in the vocabulary", index(mw, i), token);
     return *id;
   };
-  for (size_t i = 0; i < merges.size(); ++i) {
-    const json& entry = merges[i];
-    std::string_view a, b;
-    if (entry.is_string()) {
-      const std::string& s = entry.get_ref<const std::string&>();
+  for (size_t i = 0; i < tables.merges.size(); ++i) {
+    const TokenizerJson::Merge& entry = tables.merges[i];
+    std::string_view a = entry.first, b = entry.second;
+    if (entry.legacy) {
+      const std::string_view s = entry.first;
       const size_t space = s.find(' ');
       if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos) {
         fail("{}: expected two tokens separated by one space, found '{}'", index(mw, i), s);
       }
-      a = std::string_view(s).substr(0, space);
-      b = std::string_view(s).substr(space + 1);
-    } else if (entry.is_array() && entry.size() == 2 && entry[0].is_string() &&
-               entry[1].is_string()) {
-      a = entry[0].get_ref<const std::string&>();
-      b = entry[1].get_ref<const std::string&>();
-    } else {
-      fail("{}: expected \"a b\" or [\"a\", \"b\"]", index(mw, i));
+      a = s.substr(0, space);
+      b = s.substr(space + 1);
     }
     const int32_t a_id = lookup(a, i);
     const int32_t b_id = lookup(b, i);
@@ -152,6 +177,7 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& model, const std::stri
     // A pair listed twice keeps its last rank, as HF's map does.
     m->merges_.insert_or_assign(a_id, b_id, Merge{static_cast<uint32_t>(i), new_id});
   }
+  tables.merges = {};
   return m;
 }
 
@@ -256,9 +282,7 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) cons
     }
   };
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
-  auto find_merge = [&](int32_t a, int32_t b) -> const Merge* {
-    return merges_.find(a, b);
-  };
+  auto find_merge = [&](int32_t a, int32_t b) -> const Merge* { return merges_.find(a, b); };
   for (size_t i = 0; i + 1 < symbols.size(); ++i) {
     if (const Merge* m = find_merge(symbols[i].id, symbols[i + 1].id)) {
       queue.push({m->rank, static_cast<int32_t>(i), m->new_id});

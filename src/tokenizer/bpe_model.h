@@ -15,6 +15,7 @@
 
 #include "tokenizer/json_fields.h"
 #include "tokenizer/token_id_map.h"
+#include "tokenizer/tokenizer_json_reader.h"
 
 namespace sagellm {
 
@@ -27,7 +28,10 @@ using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>
 
 class BpeModel {
  public:
-  static std::unique_ptr<BpeModel> from_json(const nlohmann::json& model, const std::string& where);
+  // `model` is the "model" object; its vocab and merges come from `tables` when the reader
+  // streamed them there (they are moved out), else from `model` itself.
+  static std::unique_ptr<BpeModel> from_json(const nlohmann::json& model, TokenizerJson& tables,
+                                             const std::string& where);
 
   // Appends the ids of one pre-tokenized word (non-empty).
   void tokenize(std::string_view word, std::vector<int32_t>& out) const;

@@ -48,9 +48,10 @@ std::string render_llama2(std::span<const ChatMessage> messages) {
     const size_t turn = i - first;
     const ChatMessage& m = messages[i];
     if ((m.role == "user") != (turn % 2 == 0)) {
-      fail("chat template: conversation roles must alternate user/assistant/user/assistant/... "
-           "(message {} has role '{}')",
-           i, m.role);
+      fail(
+          "chat template: conversation roles must alternate user/assistant/user/assistant/... "
+          "(message {} has role '{}')",
+          i, m.role);
     }
     std::string content = m.content;
     if (turn == 0 && system) content = "<<SYS>>\n" + *system + "\n<</SYS>>\n\n" + m.content;

@@ -20,6 +20,12 @@ class SequenceDecoder final : public Decoder {
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (const auto& p : parts_) p->decode_chain(tokens);
   }
+  bool groups_bytes() const override {
+    for (const auto& p : parts_) {
+      if (p->groups_bytes()) return true;
+    }
+    return false;
+  }
 
  private:
   std::vector<std::unique_ptr<Decoder>> parts_;
@@ -69,8 +75,7 @@ class ByteFallbackDecoder final : public Decoder {
       pending.clear();
     };
     for (std::string& t : tokens) {
-      int byte = -1;
-      if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>') byte = parse_hex(t[3], t[4]);
+      const int byte = byte_fallback_value(t);
       if (byte >= 0) {
         pending.push_back(static_cast<char>(byte));
       } else {
@@ -81,18 +86,7 @@ class ByteFallbackDecoder final : public Decoder {
     flush();
     tokens = std::move(out);
   }
-
- private:
-  static int hex_digit(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  }
-  static int parse_hex(char hi, char lo) {
-    const int h = hex_digit(hi), l = hex_digit(lo);
-    return h < 0 || l < 0 ? -1 : h * 16 + l;
-  }
+  bool groups_bytes() const override { return true; }
 };
 
 class FuseDecoder final : public Decoder {
@@ -200,6 +194,18 @@ size_t count_of(const json& j, std::string_view key, const std::string& where) {
 
 }  // namespace
 
+int byte_fallback_value(std::string_view token) {
+  if (token.size() != 6 || token.substr(0, 3) != "<0x" || token[5] != '>') return -1;
+  auto hex = [](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  const int hi = hex(token[3]), lo = hex(token[4]);
+  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
 std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& where) {
   if (j.is_null()) return nullptr;
   const std::string type = type_of(j, where);
@@ -239,9 +245,10 @@ std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& where) {
     return std::make_unique<MetaspaceDecoder>(single_char(j, "replacement", where),
                                               scheme != "never");
   }
-  fail("{}: decoder type '{}' is not supported (supported: Sequence, ByteLevel, ByteFallback, "
-       "Fuse, Replace, Strip, Metaspace)",
-       where, type);
+  fail(
+      "{}: decoder type '{}' is not supported (supported: Sequence, ByteLevel, ByteFallback, "
+      "Fuse, Replace, Strip, Metaspace)",
+      where, type);
 }
 
 }  // namespace sagellm

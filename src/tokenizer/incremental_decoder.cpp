@@ -1,6 +1,7 @@
 // Streaming detokenization in the manner of HF's DecodeStream: decode a small window of ids, emit
 // what extends the window's previously emitted prefix, and hold everything back while the text
-// ends in U+FFFD (an unfinished UTF-8 character from byte-level or byte-fallback tokens).
+// ends in U+FFFD (an unfinished UTF-8 character from byte-level tokens) or while a run of
+// byte-fallback tokens is still open (a later byte can turn the whole run into U+FFFDs).
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 
@@ -20,6 +21,7 @@ IncrementalDecoder::IncrementalDecoder(const Tokenizer& tokenizer, bool skip_spe
 
 std::string IncrementalDecoder::push(int32_t id) {
   ids_.push_back(id);
+  if (tok_->decode_is_open(ids_, skip_special_)) return {};
   const std::string text = tok_->decode(ids_, skip_special_);
   if (text.size() <= emitted_bytes_ || ends_with_replacement(text)) return {};
   // The window's text extends its prefix; step to a character boundary should a decoder ever

@@ -92,7 +92,8 @@ std::unique_ptr<PostProcessor> make_template(const json& j, const std::string& w
   }
   auto special = [&](const std::string& name, const std::string& w) {
     auto it = specials.find(name);
-    if (it == specials.end()) fail("{}: special token '{}' is missing from special_tokens", w, name);
+    if (it == specials.end())
+      fail("{}: special token '{}' is missing from special_tokens", w, name);
     return TemplateProcessor::Piece{false, it->second};
   };
 
@@ -152,9 +153,10 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const std::str
     }
     return std::make_unique<SequenceProcessor>(std::move(parts));
   }
-  fail("{}: post_processor type '{}' is not supported (supported: TemplateProcessing, ByteLevel, "
-       "Sequence)",
-       where, type);
+  fail(
+      "{}: post_processor type '{}' is not supported (supported: TemplateProcessing, ByteLevel, "
+      "Sequence)",
+      where, type);
 }
 
 }  // namespace sagellm

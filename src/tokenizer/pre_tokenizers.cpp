@@ -187,8 +187,8 @@ class MetaspacePreTokenizer final : public PreTokenizer {
       }
       p.text = std::move(replaced);
       const bool starts = p.text.compare(0, replacement_.size(), replacement_) == 0;
-      if (!starts && (prepend_ == Prepend::kAlways ||
-                      (prepend_ == Prepend::kFirst && p.at_input_start))) {
+      if (!starts &&
+          (prepend_ == Prepend::kAlways || (prepend_ == Prepend::kFirst && p.at_input_start))) {
         p.text.insert(0, replacement_);
       }
       if (split_) {
@@ -275,9 +275,10 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
     return std::make_unique<MetaspacePreTokenizer>(single_char(j, "replacement", where), prepend,
                                                    bool_or(j, "split", true, where));
   }
-  fail("{}: pre_tokenizer type '{}' is not supported (supported: Sequence, Split, ByteLevel, "
-       "Metaspace)",
-       where, type);
+  fail(
+      "{}: pre_tokenizer type '{}' is not supported (supported: Sequence, Split, ByteLevel, "
+      "Metaspace)",
+      where, type);
 }
 
 }  // namespace sagellm

@@ -24,7 +24,6 @@ class PreTokenizer {
 };
 
 // nullptr for a null pre-tokenizer. Throws sagellm::Error naming an unsupported type.
-std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j,
-                                                 const std::string& where);
+std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j, const std::string& where);
 
 }  // namespace sagellm

@@ -121,8 +121,7 @@ std::string Regex::translate_oniguruma(std::string_view pattern) {
         case 'W':
         case 'H':
           if (in_class) {
-            fail("regex construct \\{} inside a character class is not supported: {}", e,
-                 pattern);
+            fail("regex construct \\{} inside a character class is not supported: {}", e, pattern);
           }
           out += e == 'W' ? "[^" + std::string(kWord) + "]" : "[^0-9a-fA-F]";
           break;
@@ -153,10 +152,9 @@ std::unique_ptr<pcre2_code, void (*)(pcre2_code*)> compile_raw(std::string_view 
                                                                std::string_view what) {
   int error = 0;
   PCRE2_SIZE offset = 0;
-  pcre2_code* code =
-      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                    options | PCRE2_UTF | ((options & PCRE2_LITERAL) ? 0 : PCRE2_UCP), &error,
-                    &offset, nullptr);
+  pcre2_code* code = pcre2_compile(
+      reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+      options | PCRE2_UTF | ((options & PCRE2_LITERAL) ? 0 : PCRE2_UCP), &error, &offset, nullptr);
   if (code == nullptr) {
     fail("{}: cannot compile regex '{}' at offset {}: {}", what, pattern, offset,
          pcre2_message(error));
@@ -191,8 +189,8 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
   bool have_last = false;
   size_t last_end = 0;
   while (start <= text.size()) {
-    const int rc = pcre2_match(code_->code, subject, text.size(), start, PCRE2_NO_UTF_CHECK,
-                               s.data, s.context);
+    const int rc = pcre2_match(code_->code, subject, text.size(), start, PCRE2_NO_UTF_CHECK, s.data,
+                               s.context);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) fail("{}: regex match failed: {}", code_->what, pcre2_message(rc));
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(s.data);
@@ -212,8 +210,8 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
 
 bool Regex::search(std::string_view text) const {
   MatchScratch& s = scratch();
-  const int rc = pcre2_match(code_->code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(),
-                             0, PCRE2_NO_UTF_CHECK, s.data, s.context);
+  const int rc = pcre2_match(code_->code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0,
+                             PCRE2_NO_UTF_CHECK, s.data, s.context);
   if (rc == PCRE2_ERROR_NOMATCH) return false;
   if (rc < 0) fail("{}: regex match failed: {}", code_->what, pcre2_message(rc));
   return true;

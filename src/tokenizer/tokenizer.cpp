@@ -12,6 +12,7 @@
 #include "tokenizer/normalizers.h"
 #include "tokenizer/post_processors.h"
 #include "tokenizer/pre_tokenizers.h"
+#include "tokenizer/tokenizer_json_reader.h"
 #include "tokenizer/utf8.h"
 
 namespace sagellm {
@@ -34,7 +35,8 @@ namespace {
 
 std::string read_file(const fs::path& path, std::string_view what) {
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) fail("{} {} does not exist or is not a file", what, path.string());
+  if (!fs::is_regular_file(path, ec))
+    fail("{} {} does not exist or is not a file", what, path.string());
   std::ifstream f(path, std::ios::binary);
   std::stringstream ss;
   ss << f.rdbuf();
@@ -86,7 +88,8 @@ Tokenizer::~Tokenizer() = default;
 Tokenizer Tokenizer::from_file(const fs::path& tokenizer_json) {
   using namespace tokjson;
   const std::string file = tokenizer_json.string();
-  const json root = parse_json(read_file(tokenizer_json, "tokenizer file"), tokenizer_json);
+  TokenizerJson tables = read_tokenizer_json(read_file(tokenizer_json, "tokenizer file"), file);
+  const json& root = tables.root;
   if (!root.is_object()) fail("{}: expected a JSON object at the top level", file);
   const std::string where = file + ": ";
 
@@ -97,7 +100,8 @@ Tokenizer Tokenizer::from_file(const fs::path& tokenizer_json) {
   }
   // Truncation and padding change what encode returns; refuse rather than ignore them.
   for (const char* key : {"truncation", "padding"}) {
-    if (optional(root, key) != nullptr) fail("{}: '{}' is not supported; set it to null", file, key);
+    if (optional(root, key) != nullptr)
+      fail("{}: '{}' is not supported; set it to null", file, key);
   }
 
   auto impl = std::make_unique<Impl>();
@@ -109,7 +113,7 @@ Tokenizer Tokenizer::from_file(const fs::path& tokenizer_json) {
   if (type != "BPE") {
     fail("{}: model type '{}' is not supported (supported: BPE)", child(mw, "type"), type);
   }
-  impl->model = BpeModel::from_json(*model, mw);
+  impl->model = BpeModel::from_json(*model, tables, mw);
 
   auto component = [&](const char* key) -> const json& {
     static const json null_json;
@@ -127,7 +131,8 @@ Tokenizer Tokenizer::from_file(const fs::path& tokenizer_json) {
   if (const json* list = optional(root, "added_tokens")) {
     const std::string aw = child(where, "added_tokens");
     array_of(*list, aw);
-    for (size_t i = 0; i < list->size(); ++i) added.push_back(added_token_of((*list)[i], index(aw, i)));
+    for (size_t i = 0; i < list->size(); ++i)
+      added.push_back(added_token_of((*list)[i], index(aw, i)));
   }
   impl->added.add_tokens(added, *impl->model, impl->normalizer.get());
 
@@ -224,6 +229,20 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
     }
   }
   return text;
+}
+
+bool Tokenizer::decode_is_open(std::span<const int32_t> ids, bool skip_special_tokens) const {
+  const Impl& m = *impl_;
+  if (!m.decoder || !m.decoder->groups_bytes()) return false;
+  for (auto it = ids.rbegin(); it != ids.rend(); ++it) {
+    const std::string* t = m.added.id_to_token(*it);
+    if (t == nullptr) t = m.model->id_to_token(*it);
+    if (t == nullptr) return false;  // decode() reports it
+    // A skipped special token vanishes before the decoder: the run may go on across it.
+    if (skip_special_tokens && m.added.is_special_content(*t)) continue;
+    return byte_fallback_value(*t) >= 0;
+  }
+  return false;
 }
 
 int32_t Tokenizer::vocab_size() const {

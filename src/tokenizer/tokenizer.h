@@ -31,6 +31,11 @@ class Tokenizer {
   // Byte-exact inverse of encode for valid text. Ids out of range throw.
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
 
+  // True when ids that come after `ids` can still change the decoded text of `ids`: a run of
+  // <0xNN> byte-fallback tokens is decoded as a whole (invalid UTF-8 → one U+FFFD per byte), so
+  // while the last (not skipped) id is one of them its text is not final. For streaming.
+  bool decode_is_open(std::span<const int32_t> ids, bool skip_special_tokens) const;
+
   int32_t vocab_size() const;  // including added tokens
   std::optional<int32_t> token_to_id(std::string_view token) const;
   std::string id_to_token(int32_t id) const;  // the raw vocabulary string

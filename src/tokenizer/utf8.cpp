@@ -126,10 +126,24 @@ size_t first_invalid(std::string_view text) {
 
 bool is_python_space(char32_t cp) {
   switch (cp) {
-    case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D:
-    case 0x1C: case 0x1D: case 0x1E: case 0x1F: case 0x20:
-    case 0x85: case 0xA0: case 0x1680:
-    case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
+    case 0x09:
+    case 0x0A:
+    case 0x0B:
+    case 0x0C:
+    case 0x0D:
+    case 0x1C:
+    case 0x1D:
+    case 0x1E:
+    case 0x1F:
+    case 0x20:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
       return true;
     default:
       return cp >= 0x2000 && cp <= 0x200A;
@@ -154,6 +168,8 @@ std::string_view python_strip(std::string_view text) {
 
 }  // namespace utf8
 
-bool is_valid_utf8(std::string_view text) { return utf8::first_invalid(text) == std::string_view::npos; }
+bool is_valid_utf8(std::string_view text) {
+  return utf8::first_invalid(text) == std::string_view::npos;
+}
 
 }  // namespace sagellm

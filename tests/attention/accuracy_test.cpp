@@ -19,6 +19,8 @@ std::vector<ProblemSpec> accuracy_problems() {
       {"d8 gqa8/4 causal 200 ps64 (stories260K)", 8, 4, 8, 64, true, {{200, 200}}},
       {"d64 gqa8/2 varlen3 causal ps16", 8, 2, 64, 16, true, {{50, 50}, {77, 377}, {1, 1000}}},
       {"d128 gqa8/2 causal 512 ps64", 8, 2, 128, 64, true, {{512, 512}}},
+      {"d20 gqa6/3 causal ps5 (padded shapes)", 6, 3, 20, 5, true, {{33, 61}, {1, 7}}},
+      {"d8 mha2 causal ps1", 2, 2, 8, 1, true, {{3, 10}, {40, 40}}},
   };
   std::vector<ProblemSpec> all;
   uint64_t seed = 100;

@@ -56,10 +56,14 @@ struct FlashScratch {
         alpha(static_cast<size_t>(r4)) {}
 };
 
-// K of one page transposed into kt [hd][ps8] and V into v [ps8][d8], zero-padded to n8 keys.
-void load_page(const PagedKVCache& cache, int layer, int page, int kv_head, int n, int n8,
-               FlashScratch& w) {
+// K of one page transposed into kt [hd][ps8], zero-padded to n8 keys. Returns V as [n][ldv]
+// with ldv % kTileCols == 0 and zero padding columns: the cache's own rows when they qualify,
+// else a dequantized or padded copy in w.v.
+const float* load_page(const PagedKVCache& cache, int layer, int page, int kv_head, int n, int n8,
+                       FlashScratch& w, int& ldv) {
   const int hd = cache.shape().head_dim;
+  const float* v_out = w.v.data();
+  ldv = w.d8;
   if (cache.is_sealed(layer, page)) {
     const QuantizedKVPageView qv = cache.quantized(layer, page, kv_head);
     for (int j = 0; j < n; ++j) {
@@ -75,13 +79,21 @@ void load_page(const PagedKVCache& cache, int layer, int page, int kv_head, int 
     const float* v = cache.v_float(layer, page, kv_head);
     for (int j = 0; j < n; ++j) {
       for (int d = 0; d < hd; ++d) w.kt[static_cast<size_t>(d) * w.ps8 + j] = k[j * hd + d];
-      std::copy(v + j * hd, v + (j + 1) * hd, &w.v[static_cast<size_t>(j) * w.d8]);
+    }
+    if (hd == w.d8) {
+      v_out = v;
+      ldv = hd;
+    } else {
+      for (int j = 0; j < n; ++j) {
+        std::copy(v + j * hd, v + (j + 1) * hd, &w.v[static_cast<size_t>(j) * w.d8]);
+      }
     }
   }
   for (int d = 0; d < hd; ++d) {
     std::fill(&w.kt[static_cast<size_t>(d) * w.ps8 + n], &w.kt[static_cast<size_t>(d) * w.ps8 + n8],
               0.0f);
   }
+  return v_out;
 }
 
 void run_item(const AttentionShape& shape, const AttentionBatch& batch, const PagedKVCache& cache,
@@ -95,9 +107,9 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
   const float c = shape.sm_scale * kLog2e;
 
   // Rows r = hh * nb + ii: head kv_head * group + hh, new token q_begin + ii. Padding rows stay 0.
-  std::fill(w.q.begin(), w.q.end(), 0.0f);
-  std::fill(w.p.begin(), w.p.end(), 0.0f);
-  std::fill(w.acc.begin(), w.acc.end(), 0.0f);
+  std::fill_n(w.q.begin(), static_cast<size_t>(r4) * w.d8, 0.0f);
+  std::fill_n(w.p.begin(), static_cast<size_t>(r4) * w.ps8, 0.0f);
+  std::fill_n(w.acc.begin(), static_cast<size_t>(r4) * w.d8, 0.0f);
   std::fill(w.v.begin(), w.v.end(), 0.0f);
   for (int r = 0; r < rows; ++r) {
     const int head = it.kv_head * group + r / nb, i = it.q_begin + r % nb;
@@ -115,7 +127,9 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
     const int base = pi * ps;
     if (base > tile_last_key) break;  // every row of the item is masked from here on
     const int n = std::min(ps, seq.kv_len - base), n8 = round_up(n, kTileCols);
-    load_page(cache, layer, seq.pages[static_cast<size_t>(pi)], it.kv_head, n, n8, w);
+    int ldv = 0;
+    const float* v =
+        load_page(cache, layer, seq.pages[static_cast<size_t>(pi)], it.kv_head, n, n8, w, ldv);
     attention_cpu::matmul_sequential(w.q.data(), w.d8, w.kt.data(), w.ps8, hd, w.s.data(), w.ps8,
                                      r4, n8);
     for (int r = 0; r < rows; ++r) {
@@ -131,8 +145,8 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
       w.alpha[r] = attention_cpu::softmax_page_row(&w.s[static_cast<size_t>(r) * w.ps8], visible,
                                                    n8, w.m[r], w.l[r], pr, identity, exact_p);
     }
-    attention_cpu::matmul_sequential(w.p.data(), w.ps8, w.v.data(), w.d8, n, w.partial.data(), w.d8,
-                                     r4, w.d8);
+    attention_cpu::matmul_sequential(w.p.data(), w.ps8, v, ldv, n, w.partial.data(), w.d8, r4,
+                                     w.d8);
     for (int r = 0; r < rows; ++r) {
       float* ar = &w.acc[static_cast<size_t>(r) * w.d8];
       const float* pr = &w.partial[static_cast<size_t>(r) * w.d8];
@@ -164,12 +178,17 @@ class FlashBackend final : public AttentionBackend {
     const int n_items = static_cast<int>(items.size());
     // Scratch is allocated before the parallel region, so that running out of memory is an
     // exception here rather than a termination inside a worker.
-    const int threads = std::max(1, std::min(omp_get_max_threads(), n_items));
+    const bool parallel =
+        attention_cpu::estimate_work(shape, batch, items) >= attention_cpu::kMinParallelWork;
+    const int threads = parallel ? std::max(1, std::min(omp_get_max_threads(), n_items)) : 1;
+    int max_rows = 0;
+    for (const attention_cpu::WorkItem& it : items) {
+      max_rows = std::max(max_rows, (it.q_end - it.q_begin) * group);
+    }
     std::vector<FlashScratch> scratch;
     scratch.reserve(static_cast<size_t>(threads));
     for (int t = 0; t < threads; ++t) {
-      scratch.emplace_back(shape.head_dim, cache.shape().page_size,
-                           attention_cpu::kItemTokens * group);
+      scratch.emplace_back(shape.head_dim, cache.shape().page_size, max_rows);
     }
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {

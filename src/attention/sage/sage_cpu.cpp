@@ -82,7 +82,9 @@ OnTheFlyPages quantize_float_pages(const AttentionBatch& batch, const PagedKVCac
     o.v_scale.resize(heads * cs.head_dim);
   }
   const int n_jobs = static_cast<int>(jobs.size());
-#pragma omp parallel for schedule(static) if (n_jobs > 1)
+  const bool parallel = static_cast<double>(n_jobs) * o.kv_heads * page_elems * 8.0 >=
+                        attention_cpu::kMinParallelWork;
+#pragma omp parallel for schedule(static) if (parallel && n_jobs > 1)
   for (int jb = 0; jb < n_jobs; ++jb) {
     const AttentionSeq& seq = batch.seqs[static_cast<size_t>(jobs[static_cast<size_t>(jb)].first)];
     const int pi = jobs[static_cast<size_t>(jb)].second;
@@ -172,9 +174,9 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
 
   // Step 1: Q blocks of kQueryBlockRows tokens per head of the group; rows r = hh * nb + ii.
   // q_scale is kept per row (the scale of the row's block).
-  std::fill(w.q8.begin(), w.q8.end(), 0.0f);
-  std::fill(w.p.begin(), w.p.end(), 0.0f);
-  std::fill(w.acc.begin(), w.acc.end(), 0.0f);
+  std::fill_n(w.q8.begin(), static_cast<size_t>(r4) * w.d8, 0.0f);
+  std::fill_n(w.p.begin(), static_cast<size_t>(r4) * w.ps8, 0.0f);
+  std::fill_n(w.acc.begin(), static_cast<size_t>(r4) * w.d8, 0.0f);
   std::fill(w.v.begin(), w.v.end(), 0.0f);
   for (int hh = 0; hh < group; ++hh) {
     const int head = it.kv_head * group + hh;
@@ -327,12 +329,17 @@ class SageBackend final : public AttentionBackend {
     const int n_items = static_cast<int>(items.size());
     // Scratch is allocated before the parallel region, so that running out of memory is an
     // exception here rather than a termination inside a worker.
-    const int threads = std::max(1, std::min(omp_get_max_threads(), n_items));
+    const bool parallel =
+        attention_cpu::estimate_work(shape, batch, items) >= attention_cpu::kMinParallelWork;
+    const int threads = parallel ? std::max(1, std::min(omp_get_max_threads(), n_items)) : 1;
+    int max_rows = 0;
+    for (const attention_cpu::WorkItem& it : items) {
+      max_rows = std::max(max_rows, (it.q_end - it.q_begin) * group);
+    }
     std::vector<SageScratch> scratch;
     scratch.reserve(static_cast<size_t>(threads));
     for (int t = 0; t < threads; ++t) {
-      scratch.emplace_back(shape.head_dim, cache.shape().page_size,
-                           attention_cpu::kItemTokens * group);
+      scratch.emplace_back(shape.head_dim, cache.shape().page_size, max_rows);
     }
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
