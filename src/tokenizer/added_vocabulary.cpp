@@ -130,9 +130,8 @@ void AddedVocabulary::split(const TextPiece& piece, const Matcher& matcher,
     return;
   }
   auto push_text = [&](size_t b, size_t e) {
-    if (b < e)
-      out.push_back(
-          {std::string(s.substr(b, e - b)), std::nullopt, piece.at_input_start && b == 0});
+    if (b >= e) return;
+    out.push_back({std::string(s.substr(b, e - b)), std::nullopt, piece.at_input_start && b == 0});
   };
   size_t start_offset = 0;
   size_t pos = 0;

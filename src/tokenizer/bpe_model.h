@@ -84,7 +84,7 @@ class BpeModel {
   bool fuse_unk_ = false;
   bool byte_fallback_ = false;
   bool ignore_merges_ = false;
-  int32_t byte_ids_[256];  // <0xNN> tokens for byte fallback, -1 when absent
+  int32_t byte_ids_[256] = {};  // <0xNN> tokens for byte fallback, -1 when absent
 
   // Results per word (HF keeps a cache too); words are short and repeat a lot in real text.
   static constexpr size_t kCacheCapacity = 1 << 16;

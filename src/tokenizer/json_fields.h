@@ -60,8 +60,9 @@ inline bool bool_or(const json& obj, std::string_view key, bool fallback,
                     const std::string& where) {
   const json* v = optional(obj, key);
   if (v == nullptr) return fallback;
-  if (!v->is_boolean())
+  if (!v->is_boolean()) {
     fail("{}: expected true or false, found {}", child(where, key), v->type_name());
+  }
   return v->get<bool>();
 }
 

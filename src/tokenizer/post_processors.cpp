@@ -92,8 +92,9 @@ std::unique_ptr<PostProcessor> make_template(const json& j, const std::string& w
   }
   auto special = [&](const std::string& name, const std::string& w) {
     auto it = specials.find(name);
-    if (it == specials.end())
+    if (it == specials.end()) {
       fail("{}: special token '{}' is missing from special_tokens", w, name);
+    }
     return TemplateProcessor::Piece{false, it->second};
   };
 

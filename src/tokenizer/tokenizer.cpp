@@ -35,8 +35,9 @@ namespace {
 
 std::string read_file(const fs::path& path, std::string_view what) {
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec))
+  if (!fs::is_regular_file(path, ec)) {
     fail("{} {} does not exist or is not a file", what, path.string());
+  }
   std::ifstream f(path, std::ios::binary);
   std::stringstream ss;
   ss << f.rdbuf();
@@ -100,8 +101,9 @@ Tokenizer Tokenizer::from_file(const fs::path& tokenizer_json) {
   }
   // Truncation and padding change what encode returns; refuse rather than ignore them.
   for (const char* key : {"truncation", "padding"}) {
-    if (optional(root, key) != nullptr)
+    if (optional(root, key) != nullptr) {
       fail("{}: '{}' is not supported; set it to null", file, key);
+    }
   }
 
   auto impl = std::make_unique<Impl>();
@@ -131,8 +133,9 @@ Tokenizer Tokenizer::from_file(const fs::path& tokenizer_json) {
   if (const json* list = optional(root, "added_tokens")) {
     const std::string aw = child(where, "added_tokens");
     array_of(*list, aw);
-    for (size_t i = 0; i < list->size(); ++i)
+    for (size_t i = 0; i < list->size(); ++i) {
       added.push_back(added_token_of((*list)[i], index(aw, i)));
+    }
   }
   impl->added.add_tokens(added, *impl->model, impl->normalizer.get());
 

@@ -13,6 +13,7 @@
 
 namespace sagellm {
 
+// encode() and decode() may be called from several threads at once.
 class Tokenizer {
  public:
   // Throws sagellm::Error for a missing, malformed or unsupported tokenizer.json.

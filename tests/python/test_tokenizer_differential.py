@@ -11,7 +11,8 @@ encoded strings and on random id sequences.
 
 Tokenizers: the Llama-3, Llama-2 and stories260K files from shared/, plus variants of them written
 here that exercise components the shipped files do not use (Metaspace, GPT-2 ByteLevel with its
-regex and prefix space, other Split behaviors, added-token flags).
+regex and prefix space, other Split behaviors, added-token flags, "a b" merges, <unk> without
+byte fallback).
 
 Environment: SAGELLM_BINARY (the sagellm executable), SAGELLM_SHARED_DIR (fixtures; default
 ../shared beside the checkout).
@@ -203,6 +204,20 @@ def variants(shared, out_dir):
                               tok(517, "’s", False, True, False, True, False)]
 
     write("stories-added-token-flags", stories, added_flags)
+
+    def legacy_merges(j):
+        j["model"]["merges"] = [f"{a} {b}" for a, b in j["model"]["merges"]]
+
+    write("llama2-legacy-merges", llama2, legacy_merges)
+
+    def unknown_tokens(fuse):
+        def change(j):
+            j["model"]["byte_fallback"] = False
+            j["model"]["fuse_unk"] = fuse
+        return change
+
+    write("stories-unk-fused", stories, unknown_tokens(True))
+    write("stories-unk-unfused", stories, unknown_tokens(False))
     return result
 
 

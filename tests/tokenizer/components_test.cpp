@@ -102,6 +102,57 @@ TEST(TokenizerComponents, AddedTokenFlags) {
   EXPECT_FALSE(t.is_special(514));
 }
 
+TEST(TokenizerComponents, UnknownTokenWithoutByteFallback) {
+  auto without_fallback = [](bool fuse) {
+    return variant([fuse](nlohmann::json& j) {
+      j["model"]["byte_fallback"] = false;
+      j["model"]["fuse_unk"] = fuse;
+    });
+  };
+  const std::string japan = "\xE6\x97\xA5\xE6\x9C\xAC";  // 日本: not in this vocabulary
+  expect_cases(without_fallback(true),
+               {{japan + " is far", {410, 0, 410, 293, 272, 295}, "<unk> is far", " is far"}});
+  expect_cases(
+      without_fallback(false),
+      {{japan + " is far", {410, 0, 0, 410, 293, 272, 295}, "<unk><unk> is far", " is far"}});
+}
+
+TEST(TokenizerComponents, LegacyMergesEqualPairMerges) {
+  // "a b" strings (older files) and ["a", "b"] pairs (newer ones) are the same merges.
+  const Tokenizer legacy = variant([](nlohmann::json& j) {
+    for (auto& m : j["model"]["merges"]) {
+      m = m[0].get<std::string>() + " " + m[1].get<std::string>();
+    }
+  });
+  for (const std::string text : {"Once upon a time, there was a little girl named Lily.",
+                                 "She liked to play with her toys\nand her dog."}) {
+    EXPECT_EQ(legacy.encode(text, true), stories().encode(text, true)) << text;
+  }
+}
+
+TEST(TokenizerComponents, SubwordPrefixAndSuffix) {
+  // A WordPiece-flavoured BPE: "##" on non-initial characters, "</w>" on the last one; no decoder,
+  // so decode joins the tokens with spaces.
+  const nlohmann::json j = nlohmann::json::parse(R"({
+    "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+    "normalizer": null, "post_processor": null, "decoder": null,
+    "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "Removed",
+                      "invert": false},
+    "model": {"type": "BPE", "dropout": null, "unk_token": "[UNK]",
+              "continuing_subword_prefix": "##", "end_of_word_suffix": "</w>",
+              "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+              "vocab": {"[UNK]": 0, "a": 1, "##b": 2, "##b</w>": 3, "ab</w>": 4, "ab": 5,
+                        "##c</w>": 6, "abc</w>": 7, "a</w>": 8},
+              "merges": ["a ##b</w>", "a ##b", "ab ##c</w>"]}})");
+  ScratchDir dir;
+  const Tokenizer t = Tokenizer::from_file(dir.write("tokenizer.json", j.dump()));
+  expect_cases(t, {{"ab abc  a xyz",
+                    {4, 7, 8, 0, 0, 0},
+                    "ab</w> abc</w> a</w> [UNK] [UNK] [UNK]",
+                    "ab</w> abc</w> a</w> [UNK] [UNK] [UNK]"},
+                   {"abab", {5, 0, 3}, "ab [UNK] ##b</w>", "ab [UNK] ##b</w>"}});
+}
+
 TEST(Utf8, LossyReplacesMaximalSubparts) {
   const std::string r = "\xEF\xBF\xBD";
   EXPECT_EQ(utf8::lossy("a\x80z"), "a" + r + "z");

@@ -2,6 +2,7 @@
 // files in shared/golden, and decode(encode(x)) == x on WikiText-2.
 #include <cstdio>
 #include <ctime>
+#include <thread>
 
 #include "safetensors_reader.h"
 #include "tokenizer_test_util.h"
@@ -91,6 +92,26 @@ TEST(TokenizerGolden, DecodeInvertsEncodeOnWikiText) {
   }
   EXPECT_EQ(bad3, 0u);
   EXPECT_EQ(bad2, 0u);
+}
+
+TEST(TokenizerGolden, ConcurrentEncodingGivesTheSameIds) {
+  // A fresh tokenizer, so that the threads fill its word cache at the same time.
+  const Tokenizer tok = Tokenizer::from_file(llama2_json());
+  const std::vector<std::string> lines = wikitext_lines();
+  std::vector<std::vector<std::vector<int32_t>>> results(4);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < results.size(); ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = 0; i < lines.size(); i += 2) results[t].push_back(tok.encode(lines[i]));
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (size_t t = 0; t < results.size(); ++t) {
+    size_t k = 0;
+    for (size_t i = 0; i < lines.size(); i += 2, ++k) {
+      ASSERT_EQ(results[t][k], llama2().encode(lines[i])) << "thread " << t << " line " << i;
+    }
+  }
 }
 
 TEST(TokenizerGolden, Llama3LoadsAndEncodesFast) {

@@ -19,8 +19,9 @@ class SafetensorsFile {
   explicit SafetensorsFile(const std::filesystem::path& path) : bytes_(read_file_bytes(path)) {
     if (bytes_.size() < 8) throw std::runtime_error(path.string() + ": too short");
     uint64_t header_len = 0;
-    for (int i = 7; i >= 0; --i)
+    for (int i = 7; i >= 0; --i) {
       header_len = header_len << 8 | static_cast<unsigned char>(bytes_[i]);
+    }
     if (header_len > bytes_.size() - 8) throw std::runtime_error(path.string() + ": bad header");
     header_ = nlohmann::json::parse(bytes_.substr(8, header_len));
     data_start_ = 8 + header_len;

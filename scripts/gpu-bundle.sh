@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the GPU configuration (CUDA kernels for sm_90a and sm_80, statically linked but for the
+# CUDA driver and cuBLAS) and gathers what a GPU machine needs into .device/ (git-ignored): the
+# sagellm binary, the GPU test executables, scripts/gpu-check.sh and the fixtures they read.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+shared=${SAGELLM_SHARED_DIR:-$root/../shared}
+cd "$root"
+SAGELLM_SKIP_PYTHON=1 scripts/install-deps.sh
+cmake --preset gpu >/dev/null
+targets=(sagellm)
+for d in tests/gpu_*/; do
+  [[ -d $d ]] && targets+=("test_$(basename "$d")")
+done
+cmake --build --preset gpu --target "${targets[@]}"
+rm -rf .device
+mkdir -p .device/bin .device/shared/models .device/shared/golden
+cp build/gpu/sagellm .device/bin/
+for t in build/gpu/tests/test_gpu_*; do
+  [[ -x $t ]] && cp "$t" .device/bin/
+done
+for m in ${SAGELLM_GPU_MODELS:-stories260K llama31-tiny-random}; do
+  cp -r "$shared/models/$m" .device/shared/models/
+  [[ -d $shared/golden/$m ]] && cp -r "$shared/golden/$m" .device/shared/golden/
+done
+strip --strip-debug .device/bin/* 2>/dev/null || true
+du -sh .device

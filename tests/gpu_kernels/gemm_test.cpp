@@ -1,0 +1,220 @@
+// cuBLASLt GEMM C = A · W^T (+ C) against an fp64 reference on the same bf16 inputs.
+//
+// Per-element bound: products of two bf16 numbers are exact in fp32, so the only fp32 error is
+// in the k-term accumulation: at most k * 2^-24 * sum|a*w| with round to nearest (Higham's
+// gamma_k). Tensor cores align each block of products to its largest exponent and truncate
+// (Fasi, Higham, Mikaitis and Pranesh, 2021), which can reach about 2.25 k * 2^-24 * sum|a*w|;
+// we allow 4k * 2^-24 * sum|a*w|, plus 2 * 2^-24 * (|A·W^T| + |C|) for adding C and for the
+// result: that is e32. A bf16 output adds the final rounding (gpu_test_util.h).
+//
+// The worst case is loose for large k, so the typical error is checked as well: the relative
+// RMS error of an fp32 output must stay below 2^-12 (fp32 accumulation gives ~1e-5 here; a bf16
+// rounding anywhere in the chain gives ~1e-3), that of a bf16 output below 2^-8 (its rounding
+// alone gives ~1e-3). A wrong transpose, stride or dtype is off by O(1) in both.
+#include "kernels/cuda/gemm.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "gpu_test_util.h"
+
+namespace sagellm {
+namespace {
+
+using testing::bf16;
+using testing::expect_error;
+class GemmGpu : public testing::GpuTest {};
+
+struct GemmCase {
+  int m, n, k;
+  DType out = DType::kBF16;
+  bool accumulate = false;
+  int64_t lda = 0;  // 0: dense
+  int64_t ldc = 0;
+  size_t a_offset = 0;  // elements; odd offsets leave the matrices 2-byte aligned only
+  size_t w_offset = 0;
+  size_t c_offset = 0;
+};
+
+std::string name_of(const GemmCase& c) {
+  std::string s = fmt::format("gemm m={} n={} k={} {}", c.m, c.n, c.k, dtype_name(c.out));
+  if (c.accumulate) s += " +C";
+  if (c.lda) s += fmt::format(" lda={}", c.lda);
+  if (c.ldc) s += fmt::format(" ldc={}", c.ldc);
+  if (c.a_offset + c.w_offset + c.c_offset) s += " misaligned";
+  return s;
+}
+
+struct GemmData {
+  std::vector<float> a;   // [m][lda]
+  std::vector<float> w;   // [n][k]
+  std::vector<float> c0;  // [m][ldc], bf16-valued (also when the output is fp32)
+};
+
+// Returns C as floats ([m][ldc], padding included).
+std::vector<float> run_gpu(gpu::Gemm& gemm, const GemmCase& c, const GemmData& d) {
+  const int64_t ldc = c.ldc ? c.ldc : c.n;
+  auto pad_bf16 = [](const std::vector<float>& v, size_t offset) {
+    std::vector<bf16> p(offset, testing::to_bf16(9.0f));
+    const std::vector<bf16> b = testing::to_bf16(v);
+    p.insert(p.end(), b.begin(), b.end());
+    return testing::upload(p);
+  };
+  auto d_a = pad_bf16(d.a, c.a_offset);
+  auto d_w = pad_bf16(d.w, c.w_offset);
+  gpu::GemmArgs args;
+  args.a = d_a.data() + c.a_offset;
+  args.w = d_w.data() + c.w_offset;
+  args.c_dtype = c.out;
+  args.m = c.m;
+  args.n = c.n;
+  args.k = c.k;
+  args.lda = c.lda;
+  args.ldc = c.ldc;
+  args.accumulate = c.accumulate;
+  const size_t c_elems = size_t(c.m) * ldc;
+  if (c.out == DType::kBF16) {
+    auto d_c = pad_bf16(d.c0, c.c_offset);
+    args.c = d_c.data() + c.c_offset;
+    gemm.run(args, nullptr);
+    const std::vector<bf16> out = testing::download(d_c);
+    return testing::to_float(
+        std::vector<bf16>(out.begin() + c.c_offset, out.begin() + c.c_offset + c_elems));
+  }
+  std::vector<float> c0 = d.c0;
+  c0.insert(c0.begin(), c.c_offset, 9.0f);
+  auto d_c = testing::upload(c0);
+  args.c = d_c.data() + c.c_offset;
+  gemm.run(args, nullptr);
+  const std::vector<float> out = testing::download(d_c);
+  return std::vector<float>(out.begin() + c.c_offset, out.begin() + c.c_offset + c_elems);
+}
+
+GemmData make_data(const GemmCase& c, uint64_t seed) {
+  const int64_t lda = c.lda ? c.lda : c.k;
+  const int64_t ldc = c.ldc ? c.ldc : c.n;
+  GemmData d;
+  d.a = testing::random_bf16_values(size_t(c.m) * lda, seed, 1.0f);
+  d.w = testing::random_bf16_values(size_t(c.n) * c.k, seed + 1, 0.05f);
+  d.c0 = testing::random_bf16_values(size_t(c.m) * ldc, seed + 2, 2.0f);
+  return d;
+}
+
+void check_gemm(gpu::Gemm& gemm, const GemmCase& c, uint64_t seed) {
+  const std::string what = name_of(c);
+  SCOPED_TRACE(what);
+  const int64_t lda = c.lda ? c.lda : c.k;
+  const int64_t ldc = c.ldc ? c.ldc : c.n;
+  const GemmData d = make_data(c, seed);
+  const std::vector<float> got_all = run_gpu(gemm, c, d);
+
+  std::vector<float> got;
+  std::vector<double> ref;
+  std::vector<double> bound;
+  size_t padding_changed = 0;
+  for (int i = 0; i < c.m; ++i) {
+    for (int64_t j = 0; j < ldc; ++j) {
+      const float g = got_all[size_t(i) * ldc + j];
+      const float c0 = d.c0[size_t(i) * ldc + j];
+      if (j >= c.n) {
+        if (g != c0) ++padding_changed;
+        continue;
+      }
+      double s = 0.0;
+      double abs_s = 0.0;
+      for (int p = 0; p < c.k; ++p) {
+        const double prod = double(d.a[size_t(i) * lda + p]) * double(d.w[size_t(j) * c.k + p]);
+        s += prod;
+        abs_s += std::fabs(prod);
+      }
+      const double add = c.accumulate ? c0 : 0.0;
+      const double r = s + add;
+      const double e32 = 4.0 * c.k * testing::kF32Unit * abs_s +
+                         2.0 * testing::kF32Unit * (std::fabs(s) + std::fabs(add));
+      got.push_back(g);
+      ref.push_back(r);
+      bound.push_back(c.out == DType::kBF16 ? testing::bf16_output_bound(r, e32) : e32 + 1e-30);
+    }
+  }
+  testing::expect_within_bounds(what, testing::compare(got, ref, bound), got, ref);
+  double err2 = 0.0;
+  double ref2 = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    err2 += (got[i] - ref[i]) * (got[i] - ref[i]);
+    ref2 += ref[i] * ref[i];
+  }
+  const double rms_rel = std::sqrt(err2 / ref2);
+  const double rms_limit = c.out == DType::kF32 ? 1.0 / 4096.0 : 1.0 / 256.0;
+  std::printf("[   error  ] %s: relative RMS error %.3g (limit %.3g)\n", what.c_str(), rms_rel,
+              rms_limit);
+  EXPECT_LT(rms_rel, rms_limit) << what;
+  EXPECT_EQ(padding_changed, 0u) << "C was written outside its n columns";
+}
+
+TEST_F(GemmGpu, DecodeShapes) {
+  gpu::Gemm gemm;
+  check_gemm(gemm, {1, 4096, 4096}, 51);                      // one token through a projection
+  check_gemm(gemm, {1, 32000, 64, DType::kF32}, 52);          // LM head to fp32 logits
+  check_gemm(gemm, {1, 3, 5}, 53);                            // tiny
+  check_gemm(gemm, {1, 4096, 1024, DType::kBF16, true}, 54);  // o_proj into the residual
+}
+
+TEST_F(GemmGpu, PrefillAndOddShapes) {
+  gpu::Gemm gemm;
+  check_gemm(gemm, {128, 256, 512}, 61);
+  check_gemm(gemm, {7, 129, 67}, 62);
+  check_gemm(gemm, {257, 96, 130, DType::kF32}, 63);
+  check_gemm(gemm, {33, 77, 1000, DType::kF32, true}, 64);
+  check_gemm(gemm, {16, 1024, 4096}, 65);
+  check_gemm(gemm, {300, 64, 64, DType::kBF16, true}, 66);
+}
+
+TEST_F(GemmGpu, StridesAndMisalignedPointers) {
+  gpu::Gemm gemm;
+  check_gemm(gemm, {9, 40, 64, DType::kBF16, false, 80, 48}, 71);
+  check_gemm(gemm, {5, 33, 31, DType::kF32, true, 37, 35}, 72);
+  check_gemm(gemm, {12, 64, 128, DType::kBF16, false, 0, 0, 1, 0, 0}, 73);
+  check_gemm(gemm, {12, 64, 128, DType::kBF16, true, 0, 0, 0, 3, 5}, 74);
+  check_gemm(gemm, {3, 50, 200, DType::kF32, false, 0, 0, 1, 1, 1}, 75);
+}
+
+TEST_F(GemmGpu, IsDeterministicAndCachesPlans) {
+  gpu::Gemm gemm;
+  EXPECT_EQ(gemm.workspace_bytes(), size_t{32} << 20);
+  for (const GemmCase& c : {GemmCase{1, 4096, 4096}, GemmCase{128, 256, 512, DType::kF32}}) {
+    const GemmData d = make_data(c, 81);
+    const std::vector<float> first = run_gpu(gemm, c, d);
+    const size_t plans = gemm.cached_plans();
+    const std::vector<float> second = run_gpu(gemm, c, d);
+    EXPECT_EQ(gemm.cached_plans(), plans) << "the second call must reuse the plan";
+    EXPECT_EQ(first, second) << name_of(c);
+  }
+}
+
+TEST_F(GemmGpu, ZeroRowsIsANoOpAndBadShapesThrow) {
+  gpu::Gemm gemm;
+  gpu::GemmArgs args;
+  args.n = 8;
+  args.k = 8;
+  EXPECT_NO_THROW(gemm.run(args, nullptr));  // m = 0
+  EXPECT_EQ(gemm.cached_plans(), 0u);
+  args.m = 1;
+  args.k = 0;
+  expect_error([&] { gemm.run(args, nullptr); }, {"gemm: bad shape"});
+  args.k = 8;
+  args.lda = 4;
+  expect_error([&] { gemm.run(args, nullptr); }, {"leading dimensions"});
+  args.lda = 0;
+  args.c_dtype = DType::kI8;
+  expect_error([&] { gemm.run(args, nullptr); }, {"must be BF16 or F32"});
+  args.c_dtype = DType::kF32;
+  expect_error([&] { gemm.run(args, nullptr); }, {"null pointer"});
+}
+
+}  // namespace
+}  // namespace sagellm
