@@ -22,9 +22,9 @@ struct AttentionShape {
 };
 
 struct AttentionSeq {
-  int q_start = 0;  // first row of this request in q and out
-  int q_len = 0;    // new tokens
-  int kv_len = 0;   // tokens in the cache for this request, the new ones included
+  int q_start = 0;         // first row of this request in q and out
+  int q_len = 0;           // new tokens
+  int kv_len = 0;          // tokens in the cache for this request, the new ones included
   std::vector<int> pages;  // block table: page of tokens [i*page_size, (i+1)*page_size)
 };
 

@@ -16,5 +16,6 @@ Action add_generate(CLI::App& root);
 Action add_tokenize(CLI::App& root);
 Action add_logits(CLI::App& root);
 Action add_perplexity(CLI::App& root);
+Action add_validate(CLI::App& root);
 
 }  // namespace sagellm::cli

@@ -8,15 +8,17 @@
 namespace sagellm::cli {
 
 inline void add_engine_flags(CLI::App& app, EngineOptions& o) {
-  app.add_option("--model", o.model_dir, "Model directory (config.json, *.safetensors, tokenizer.json)")
+  app.add_option("--model", o.model_dir,
+                 "Model directory (config.json, *.safetensors, tokenizer.json)")
       ->required();
   app.add_option("--attention-backend", o.attention_backend, "Attention backend: flash | sage_attn")
       ->capture_default_str();
   app.add_option("--sage-pv-dtype", o.attention_options.sage_pv_dtype,
                  "sage_attn precision of the P.V product: fp8 | fp16")
       ->capture_default_str();
-  app.add_option("--kv-cache-dtype", o.kv_cache_dtype,
-                 "KV cache storage: auto (int8 for sage_attn, exact otherwise) | bf16 | fp32 | int8")
+  app.add_option(
+         "--kv-cache-dtype", o.kv_cache_dtype,
+         "KV cache storage: auto (int8 for sage_attn, exact otherwise) | bf16 | fp32 | int8")
       ->capture_default_str();
   app.add_option("--device", o.device, "Execution device")->capture_default_str();
   app.add_option("--load-format", o.load_format,

@@ -1,8 +1,7 @@
 // sagellm generate: run a prompt through the model and stream the continuation to stdout.
-#include <nlohmann/json.hpp>
-
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli/commands.h"
@@ -59,8 +58,10 @@ int run_generate(GenerateArgs& a) {
   }
   std::vector<GenerationResult> out = engine.generate({req}, stream, &stats);
   const GenerationResult& r = out.at(0);
-  const double prefill_tps = stats.prefill_seconds > 0 ? stats.prefill_tokens / stats.prefill_seconds : 0;
-  const double decode_tps = stats.decode_seconds > 0 ? stats.decode_tokens / stats.decode_seconds : 0;
+  const double prefill_tps =
+      stats.prefill_seconds > 0 ? stats.prefill_tokens / stats.prefill_seconds : 0;
+  const double decode_tps =
+      stats.decode_seconds > 0 ? stats.decode_tokens / stats.decode_seconds : 0;
   if (a.json) {
     nlohmann::json j = {{"text", r.text},
                         {"tokens", r.tokens},
@@ -73,10 +74,11 @@ int run_generate(GenerateArgs& a) {
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("\n");
-    std::fprintf(stderr,
-                 "[%s] prompt %d tokens, generated %zu (%s); prefill %.1f tok/s, decode %.1f tok/s\n",
-                 std::string(engine.attention().name()).c_str(), r.prompt_tokens, r.tokens.size(),
-                 r.finish_reason.c_str(), prefill_tps, decode_tps);
+    std::fprintf(
+        stderr,
+        "[%s] prompt %d tokens, generated %zu (%s); prefill %.1f tok/s, decode %.1f tok/s\n",
+        std::string(engine.attention().name()).c_str(), r.prompt_tokens, r.tokens.size(),
+        r.finish_reason.c_str(), prefill_tps, decode_tps);
   }
   return 0;
 }
@@ -88,7 +90,8 @@ Action add_generate(CLI::App& root) {
   CLI::App* app = root.add_subcommand("generate", "Generate a continuation of a prompt");
   add_engine_flags(*app, args->engine);
   auto* prompt = app->add_option("--prompt", args->prompt, "Prompt text");
-  app->add_option("--prompt-file", args->prompt_file, "Read the prompt from a file")->excludes(prompt);
+  app->add_option("--prompt-file", args->prompt_file, "Read the prompt from a file")
+      ->excludes(prompt);
   app->add_flag("--chat", args->chat, "Wrap the prompt in the model family's chat template");
   app->add_flag("--no-bos", args->no_bos, "Do not add the BOS token");
   app->add_option("--max-tokens", args->sampling.max_tokens, "Tokens to generate at most")

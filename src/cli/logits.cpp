@@ -1,7 +1,6 @@
 // sagellm logits: the model's float32 logits for every position of a token sequence.
-#include <nlohmann/json.hpp>
-
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
@@ -29,7 +28,8 @@ int run_logits(LogitsArgs& a) {
     SAGELLM_CHECK(!a.ids.empty(), "give the tokens with --ids 1,2,3 or --text");
     for (int64_t id : a.ids) {
       SAGELLM_CHECK(id >= 0 && id < engine.config().vocab_size,
-                    "token id {} is outside the vocabulary (size {})", id, engine.config().vocab_size);
+                    "token id {} is outside the vocabulary (size {})", id,
+                    engine.config().vocab_size);
       ids.push_back(static_cast<int32_t>(id));
     }
   }
@@ -43,7 +43,9 @@ int run_logits(LogitsArgs& a) {
        io::TensorToWrite{"input_ids", DType::kI64, {t}, std::as_bytes(std::span(ids64))}},
       {{"attention_backend", std::string(engine.attention().name())}});
   if (a.json) {
-    nlohmann::json j = {{"out", a.out}, {"tokens", t}, {"vocab", v},
+    nlohmann::json j = {{"out", a.out},
+                        {"tokens", t},
+                        {"vocab", v},
                         {"attention_backend", std::string(engine.attention().name())}};
     std::printf("%s\n", j.dump().c_str());
   } else {
@@ -57,11 +59,14 @@ int run_logits(LogitsArgs& a) {
 
 Action add_logits(CLI::App& root) {
   auto args = std::make_shared<LogitsArgs>();
-  CLI::App* app = root.add_subcommand("logits", "Write float32 logits [T, vocab] to a safetensors file");
+  CLI::App* app =
+      root.add_subcommand("logits", "Write float32 logits [T, vocab] to a safetensors file");
   add_engine_flags(*app, args->engine);
   auto* ids = app->add_option("--ids", args->ids, "Token ids, comma separated")->delimiter(',');
-  app->add_option("--text", args->text, "Text to tokenize (with BOS) instead of --ids")->excludes(ids);
-  app->add_option("--out", args->out, "Output .safetensors (tensors: logits, input_ids)")->required();
+  app->add_option("--text", args->text, "Text to tokenize (with BOS) instead of --ids")
+      ->excludes(ids);
+  app->add_option("--out", args->out, "Output .safetensors (tensors: logits, input_ids)")
+      ->required();
   app->add_flag("--json", args->json, "Print a JSON summary");
   return [args] { return run_logits(*args); };
 }

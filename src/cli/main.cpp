@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
       &sagellm::cli::add_tokenize,
       &sagellm::cli::add_logits,
       &sagellm::cli::add_perplexity,
+      &sagellm::cli::add_validate,
   };
   std::vector<std::pair<CLI::App*, sagellm::cli::Action>> actions;
   for (Adder add : adders) {

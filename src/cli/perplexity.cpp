@@ -1,17 +1,17 @@
 // sagellm perplexity: windowed perplexity of a text file, and llama.cpp-style KL divergence
 // against logits saved by an earlier run (--kl-divergence-base writes them, --kl-divergence reads).
-#include <nlohmann/json.hpp>
+#include "eval/perplexity.h"
 
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
 #include "core/error.h"
 #include "eval/kl_divergence.h"
-#include "eval/perplexity.h"
 #include "io/safetensors.h"
 
 namespace sagellm::cli {
@@ -36,9 +36,12 @@ std::string read_file(const std::string& path) {
 }
 
 nlohmann::json stats_json(const eval::ValueStats& s) {
-  return {{"mean", s.mean},     {"stderr", s.stderr_mean}, {"median", s.median}, {"min", s.min},
-          {"p01", s.p01},       {"p05", s.p05},            {"p10", s.p10},       {"p90", s.p90},
-          {"p95", s.p95},       {"p99", s.p99},            {"p99.9", s.p999},    {"max", s.max}};
+  return {{"mean", s.mean},     {"stderr", s.stderr_mean},
+          {"median", s.median}, {"min", s.min},
+          {"p01", s.p01},       {"p05", s.p05},
+          {"p10", s.p10},       {"p90", s.p90},
+          {"p95", s.p95},       {"p99", s.p99},
+          {"p99.9", s.p999},    {"max", s.max}};
 }
 
 int run_perplexity_cmd(PerplexityArgs& a) {
@@ -100,9 +103,12 @@ int run_perplexity_cmd(PerplexityArgs& a) {
     const auto n = static_cast<int64_t>(base_targets_out.size());
     io::write_safetensors(
         a.kld_base,
-        {io::TensorToWrite{"logits", DType::kF32, {n, static_cast<int64_t>(vocab)},
+        {io::TensorToWrite{"logits",
+                           DType::kF32,
+                           {n, static_cast<int64_t>(vocab)},
                            std::as_bytes(std::span(base_logits_out))},
-         io::TensorToWrite{"targets", DType::kI32, {n}, std::as_bytes(std::span(base_targets_out))}},
+         io::TensorToWrite{
+             "targets", DType::kI32, {n}, std::as_bytes(std::span(base_targets_out))}},
         {{"attention_backend", std::string(engine.attention().name())},
          {"ctx", std::to_string(a.ppl.ctx)}});
   }

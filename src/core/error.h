@@ -19,11 +19,11 @@ template <typename... Args>
   throw Error(fmt::format(f, std::forward<Args>(args)...));
 }
 
-#define SAGELLM_CHECK(cond, ...)        \
-  do {                                  \
-    if (!(cond)) {                      \
-      ::sagellm::fail(__VA_ARGS__);     \
-    }                                   \
+#define SAGELLM_CHECK(cond, ...)    \
+  do {                              \
+    if (!(cond)) {                  \
+      ::sagellm::fail(__VA_ARGS__); \
+    }                               \
   } while (0)
 
 }  // namespace sagellm

@@ -21,14 +21,15 @@ LlamaModel load_model(const EngineOptions& o) {
     return LlamaModel::dummy(io::load_model_config(o.model_dir), /*seed=*/0);
   }
   SAGELLM_CHECK(o.load_format == "auto" || o.load_format == "safetensors",
-                "unknown --load-format '{}' (choose one of: auto, safetensors, dummy)", o.load_format);
+                "unknown --load-format '{}' (choose one of: auto, safetensors, dummy)",
+                o.load_format);
   return LlamaModel::load(o.model_dir);
 }
 
 KVCacheShape cache_shape(const EngineOptions& o, const io::ModelConfig& c, KVCacheDType dtype,
                          int64_t context_length) {
-  SAGELLM_CHECK(o.page_size >= 1 && o.page_size <= 4096, "--page-size must be in [1, 4096] (got {})",
-                o.page_size);
+  SAGELLM_CHECK(o.page_size >= 1 && o.page_size <= 4096,
+                "--page-size must be in [1, 4096] (got {})", o.page_size);
   KVCacheShape s;
   s.num_layers = c.num_layers;
   s.num_kv_heads = c.num_kv_heads;
@@ -62,14 +63,14 @@ Engine::Engine(const EngineOptions& options)
     : options_(options),
       model_(load_model(options)),
       attention_(make_attention_backend(options.attention_backend, options.attention_options)),
-      context_length_(options.context_length > 0
-                          ? std::min<int64_t>(options.context_length,
-                                              model_.config().max_position_embeddings)
-                          : model_.config().max_position_embeddings),
-      cache_(cache_shape(options, model_.config(),
-                         resolve_kv_cache_dtype(options.kv_cache_dtype, *attention_),
-                         context_length_),
-             resolve_kv_cache_dtype(options.kv_cache_dtype, *attention_)) {
+      context_length_(
+          options.context_length > 0
+              ? std::min<int64_t>(options.context_length, model_.config().max_position_embeddings)
+              : model_.config().max_position_embeddings),
+      cache_(
+          cache_shape(options, model_.config(),
+                      resolve_kv_cache_dtype(options.kv_cache_dtype, *attention_), context_length_),
+          resolve_kv_cache_dtype(options.kv_cache_dtype, *attention_)) {
   if (std::filesystem::exists(options.model_dir / "tokenizer.json")) {
     tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_model_dir(options.model_dir));
   }
@@ -176,8 +177,8 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
   auto accept = [&](size_t i, int32_t tok) {
     const SamplingParams& sp = requests[i].sampling;
     const bool is_eos = !sp.ignore_eos && std::find(eos.begin(), eos.end(), tok) != eos.end();
-    const bool is_stop_id =
-        std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), tok) != sp.stop_token_ids.end();
+    const bool is_stop_id = std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), tok) !=
+                            sp.stop_token_ids.end();
     if (is_eos || is_stop_id) {
       finish(i, "stop");
       return false;
@@ -215,7 +216,8 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
           context_length_, static_cast<int64_t>(p.size()) + requests[i].sampling.max_tokens);
       reserve(slots[i], total);
       std::vector<float> last;
-      for (size_t start = 0; start < p.size(); start += static_cast<size_t>(options_.prefill_chunk)) {
+      for (size_t start = 0; start < p.size();
+           start += static_cast<size_t>(options_.prefill_chunk)) {
         const int len = static_cast<int>(
             std::min<size_t>(static_cast<size_t>(options_.prefill_chunk), p.size() - start));
         ForwardBatch b;
@@ -226,7 +228,8 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
         last = model_.forward(b, cache_, *attention_);
       }
       if (stats) stats->prefill_tokens += static_cast<int64_t>(p.size());
-      accept(i, samplers[i].sample(std::span<const float>(last.data(), static_cast<size_t>(vocab))));
+      accept(i,
+             samplers[i].sample(std::span<const float>(last.data(), static_cast<size_t>(vocab))));
     }
     if (stats) stats->prefill_seconds += seconds_since(t_prefill);
 
@@ -238,8 +241,8 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
       for (size_t i = 0; i < n; ++i) {
         if (done[i]) continue;
         slots[i].kv_len += 1;
-        b.attention.seqs.push_back(AttentionSeq{static_cast<int>(members.size()), 1,
-                                                slots[i].kv_len, slots[i].pages});
+        b.attention.seqs.push_back(
+            AttentionSeq{static_cast<int>(members.size()), 1, slots[i].kv_len, slots[i].pages});
         b.tokens.push_back(next[i]);
         members.push_back(i);
       }
@@ -247,8 +250,9 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
       std::vector<float> logits = model_.forward(b, cache_, *attention_);
       if (stats) stats->decode_tokens += static_cast<int64_t>(members.size());
       for (size_t k = 0; k < members.size(); ++k) {
-        accept(members[k], samplers[members[k]].sample(std::span<const float>(
-                               logits.data() + k * static_cast<size_t>(vocab), static_cast<size_t>(vocab))));
+        accept(members[k],
+               samplers[members[k]].sample(std::span<const float>(
+                   logits.data() + k * static_cast<size_t>(vocab), static_cast<size_t>(vocab))));
       }
     }
     if (stats) stats->decode_seconds += seconds_since(t_decode);

@@ -22,16 +22,16 @@ namespace sagellm {
 
 struct EngineOptions {
   std::filesystem::path model_dir;
-  std::string device = "cpu";                  // cpu (cuda: not in this build)
+  std::string device = "cpu";  // cpu (cuda: not in this build)
   std::string attention_backend = "flash";
   AttentionOptions attention_options;
-  std::string kv_cache_dtype = "auto";         // auto | fp32 | bf16 | int8
-  std::string load_format = "auto";            // auto | dummy (seeded random weights)
+  std::string kv_cache_dtype = "auto";  // auto | fp32 | bf16 | int8
+  std::string load_format = "auto";     // auto | dummy (seeded random weights)
   int page_size = 64;
-  int64_t kv_cache_tokens = 0;                 // 0: max(context length, 8192) within the budget
-  size_t kv_cache_bytes = size_t{1} << 30;     // CPU memory budget for the cache
-  int64_t context_length = 0;                  // 0: the model's max_position_embeddings
-  int prefill_chunk = 2048;                    // tokens per forward step when prefilling
+  int64_t kv_cache_tokens = 0;              // 0: max(context length, 8192) within the budget
+  size_t kv_cache_bytes = size_t{1} << 30;  // CPU memory budget for the cache
+  int64_t context_length = 0;               // 0: the model's max_position_embeddings
+  int prefill_chunk = 2048;                 // tokens per forward step when prefilling
 };
 
 // Resolves --kv-cache-dtype for a backend; throws on unknown names.

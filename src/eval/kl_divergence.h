@@ -34,7 +34,7 @@ struct KLDSummary {
   double same_top1 = 0, same_top1_stderr = 0;  // fractions
   double rms_delta_p = 0;                      // sqrt(mean(delta_p^2))
   ValueStats delta_p;
-  double ppl_base = 0, ppl_test = 0;           // exp(mean nll)
+  double ppl_base = 0, ppl_test = 0;                 // exp(mean nll)
   double ln_ppl_ratio = 0, ln_ppl_ratio_stderr = 0;  // mean(nll_test - nll_base) and its stderr
 };
 KLDSummary summarize_kld(std::span<const TokenComparison> tokens);

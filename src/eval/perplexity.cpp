@@ -20,7 +20,8 @@ PerplexityResult run_perplexity(Engine& engine, std::span<const int32_t> text_id
   SAGELLM_CHECK(text_ids.size() >= (bos >= 0 ? 1u : 2u), "the text has too few tokens to score");
 
   size_t n_windows = (text_ids.size() + piece - 1) / piece;
-  if (options.max_chunks > 0) n_windows = std::min(n_windows, static_cast<size_t>(options.max_chunks));
+  if (options.max_chunks > 0)
+    n_windows = std::min(n_windows, static_cast<size_t>(options.max_chunks));
   PerplexityResult result;
   Progress progress("perplexity", n_windows);
   for (size_t w = 0; w < n_windows; ++w) {
@@ -36,7 +37,8 @@ PerplexityResult run_perplexity(Engine& engine, std::span<const int32_t> text_id
     const size_t scored = seq.size() - 1;
     std::span<const int32_t> targets(seq.data() + 1, scored);
     for (size_t j = 0; j < scored; ++j) {
-      std::vector<double> lp = log_softmax(std::span<const float>(logits.data() + j * vocab, vocab));
+      std::vector<double> lp =
+          log_softmax(std::span<const float>(logits.data() + j * vocab, vocab));
       result.nll.push_back(-lp[static_cast<size_t>(targets[j])]);
     }
     if (on_window) {

@@ -30,10 +30,10 @@ struct KVCacheShape {
 
 // A sealed 8-bit page of one layer and one KV head.
 struct QuantizedKVPageView {
-  const int8_t* k = nullptr;    // [page_size][head_dim], (k - k_mean) / k_scale rounded
+  const int8_t* k = nullptr;      // [page_size][head_dim], (k - k_mean) / k_scale rounded
   const float* k_mean = nullptr;  // [head_dim]
   float k_scale = 0.0f;
-  const uint8_t* v = nullptr;   // [page_size][head_dim], FP8 e4m3 codes of v / v_scale
+  const uint8_t* v = nullptr;      // [page_size][head_dim], FP8 e4m3 codes of v / v_scale
   const float* v_scale = nullptr;  // [head_dim]
 };
 
@@ -68,13 +68,13 @@ class PagedKVCache {
   KVCacheShape shape_;
   KVCacheDType dtype_;
   std::vector<int> free_list_;
-  std::vector<float> k_, v_;        // [layer][page][kv_head][slot][dim]
-  std::vector<int8_t> kq_;          // kInt8: [layer][page][kv_head][slot][dim]
-  std::vector<uint8_t> vq_;         // kInt8: [layer][page][kv_head][slot][dim]
-  std::vector<float> k_mean_;       // kInt8: [layer][page][kv_head][dim]
-  std::vector<float> k_scale_;      // kInt8: [layer][page][kv_head]
-  std::vector<float> v_scale_;      // kInt8: [layer][page][kv_head][dim]
-  std::vector<uint8_t> sealed_;     // kInt8: [layer][page]
+  std::vector<float> k_, v_;     // [layer][page][kv_head][slot][dim]
+  std::vector<int8_t> kq_;       // kInt8: [layer][page][kv_head][slot][dim]
+  std::vector<uint8_t> vq_;      // kInt8: [layer][page][kv_head][slot][dim]
+  std::vector<float> k_mean_;    // kInt8: [layer][page][kv_head][dim]
+  std::vector<float> k_scale_;   // kInt8: [layer][page][kv_head]
+  std::vector<float> v_scale_;   // kInt8: [layer][page][kv_head][dim]
+  std::vector<uint8_t> sealed_;  // kInt8: [layer][page]
 };
 
 }  // namespace sagellm

@@ -80,7 +80,8 @@ LlamaModel LlamaModel::dummy(const io::ModelConfig& c, uint64_t seed) {
     w.layers.push_back(std::move(l));
   }
   w.final_norm.assign(h, 1.0f);
-  if (!c.tie_word_embeddings) w.lm_head = random(vocab * h, 1.0f / std::sqrt(static_cast<float>(h)));
+  if (!c.tie_word_embeddings)
+    w.lm_head = random(vocab * h, 1.0f / std::sqrt(static_cast<float>(h)));
   return LlamaModel(c, std::move(w));
 }
 
@@ -144,12 +145,14 @@ std::vector<float> LlamaModel::forward(const ForwardBatch& batch, PagedKVCache& 
     }
   }
   std::vector<float> rope_cs(static_cast<size_t>(rows) * d);
-  for (int r = 0; r < rows; ++r) rope_.angles(row_pos[static_cast<size_t>(r)], &rope_cs[size_t(r) * d]);
+  for (int r = 0; r < rows; ++r)
+    rope_.angles(row_pos[static_cast<size_t>(r)], &rope_cs[size_t(r) * d]);
 
   std::vector<float> x(static_cast<size_t>(rows) * h), xn(x.size());
   std::vector<float> qkv(static_cast<size_t>(rows) * qkv_dim);
   std::vector<float> q(static_cast<size_t>(rows) * nh * d), att(q.size());
-  std::vector<float> gu(static_cast<size_t>(rows) * 2 * inter), act(static_cast<size_t>(rows) * inter);
+  std::vector<float> gu(static_cast<size_t>(rows) * 2 * inter),
+      act(static_cast<size_t>(rows) * inter);
   cpu::embedding(w_.embed.data(), batch.tokens, x.data(), h);
 
   const AttentionShape shape = attention_shape();

@@ -17,19 +17,19 @@
 namespace sagellm {
 
 struct LlamaLayerWeights {
-  std::vector<float> input_norm;     // [hidden]
-  std::vector<float> qkv;            // [(nh + 2 nkv) * head_dim][hidden]: q, k, v rows stacked
-  std::vector<float> o;              // [hidden][nh * head_dim]
-  std::vector<float> post_norm;      // [hidden]
-  std::vector<float> gate_up;        // [2 * inter][hidden]: gate rows then up rows
-  std::vector<float> down;           // [hidden][inter]
+  std::vector<float> input_norm;  // [hidden]
+  std::vector<float> qkv;         // [(nh + 2 nkv) * head_dim][hidden]: q, k, v rows stacked
+  std::vector<float> o;           // [hidden][nh * head_dim]
+  std::vector<float> post_norm;   // [hidden]
+  std::vector<float> gate_up;     // [2 * inter][hidden]: gate rows then up rows
+  std::vector<float> down;        // [hidden][inter]
 };
 
 struct LlamaWeights {
-  std::vector<float> embed;          // [vocab][hidden]
+  std::vector<float> embed;  // [vocab][hidden]
   std::vector<LlamaLayerWeights> layers;
-  std::vector<float> final_norm;     // [hidden]
-  std::vector<float> lm_head;        // [vocab][hidden]; empty when tied to embed
+  std::vector<float> final_norm;  // [hidden]
+  std::vector<float> lm_head;     // [vocab][hidden]; empty when tied to embed
 };
 
 enum class LogitsMode { kLastPerSeq, kAll };

@@ -8,14 +8,16 @@
 namespace sagellm {
 
 std::vector<float> rope_inv_freq(const io::RopeConfig& rope, int head_dim) {
-  SAGELLM_CHECK(head_dim > 0 && head_dim % 2 == 0, "rotary head_dim must be even (got {})", head_dim);
+  SAGELLM_CHECK(head_dim > 0 && head_dim % 2 == 0, "rotary head_dim must be even (got {})",
+                head_dim);
   const int half = head_dim / 2;
   std::vector<float> inv(static_cast<size_t>(half));
   const float base = static_cast<float>(rope.theta);
   for (int i = 0; i < half; ++i) {
     // transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), in float32.
     const float expo = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    const float p = static_cast<float>(std::pow(static_cast<double>(base), static_cast<double>(expo)));
+    const float p =
+        static_cast<float>(std::pow(static_cast<double>(base), static_cast<double>(expo)));
     inv[static_cast<size_t>(i)] = 1.0f / p;
   }
   if (rope.type == "linear") {

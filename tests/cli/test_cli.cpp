@@ -1,11 +1,11 @@
 // The command line as a user runs it: outputs, exit codes and error messages.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "common/fixtures.h"
 #include "common/run_command.h"
@@ -40,8 +40,8 @@ class TempDir {
  public:
   TempDir() {
     static int n = 0;
-    path_ = fs::temp_directory_path() / ("sagellm_cli_" + std::to_string(::getpid()) + "_" +
-                                         std::to_string(n++));
+    path_ = fs::temp_directory_path() /
+            ("sagellm_cli_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
     fs::create_directories(path_);
   }
   ~TempDir() { fs::remove_all(path_); }
@@ -68,9 +68,9 @@ void write_file(const fs::path& p, const std::string& content) {
 
 TEST(Cli, GenerateGreedyWithBothBackends) {
   for (const std::string backend : {"flash", "sage_attn"}) {
-    CommandResult r = sagellm("generate --model " + stories() + " --prompt 'Once upon a time' " +
-                              "--max-tokens 24 --temperature 0 --json --attention-backend " +
-                              backend);
+    CommandResult r =
+        sagellm("generate --model " + stories() + " --prompt 'Once upon a time' " +
+                "--max-tokens 24 --temperature 0 --json --attention-backend " + backend);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto j = nlohmann::json::parse(r.out);
     EXPECT_EQ(j["attention_backend"], backend);
@@ -98,8 +98,8 @@ TEST(Cli, LogitsEqualGolden) {
     if (i) list += ",";
     list += std::to_string(reinterpret_cast<const int32_t*>(ids->data)[i]);
   }
-  CommandResult r = sagellm("logits --model " + stories() + " --ids " + list + " --out " +
-                            quote(out.string()));
+  CommandResult r =
+      sagellm("logits --model " + stories() + " --ids " + list + " --out " + quote(out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   io::SafetensorsFile got(out);
   const io::TensorEntry* l = got.find("logits");
@@ -113,9 +113,9 @@ TEST(Cli, LogitsEqualGolden) {
 }
 
 TEST(Cli, PerplexityOfSampleMatchesGolden) {
-  CommandResult r = sagellm("perplexity --model " + stories() + " --file " +
-                            quote((shared_dir() / "data/tinystories/sample.txt").string()) +
-                            " --ctx 512 --json");
+  CommandResult r =
+      sagellm("perplexity --model " + stories() + " --file " +
+              quote((shared_dir() / "data/tinystories/sample.txt").string()) + " --ctx 512 --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["tokens"], 1882);
@@ -139,16 +139,17 @@ TEST(Cli, KlDivergenceFlashVsFlashIsZeroAndSageIsSmall) {
   EXPECT_EQ(js["kld"]["max"].get<double>(), 0.0);
   EXPECT_EQ(js["same_top1"].get<double>(), 1.0);
 
-  CommandResult sage = sagellm("perplexity --model " + stories() + " --file " + file +
-                               " --ctx 512 --json --attention-backend sage_attn --kl-divergence " +
-                               base);
+  CommandResult sage =
+      sagellm("perplexity --model " + stories() + " --file " + file +
+              " --ctx 512 --json --attention-backend sage_attn --kl-divergence " + base);
   ASSERT_EQ(sage.exit_code, 0) << sage.err;
   const auto jk = nlohmann::json::parse(sage.out)["kl_divergence"];
   const double mean = jk["kld"]["mean"].get<double>();
-  std::printf("stories260K sample.txt: KLD(flash || sage_attn) mean %.3e, p99 %.3e, max %.3e, "
-              "same top-1 %.2f%%\n",
-              mean, jk["kld"]["p99"].get<double>(), jk["kld"]["max"].get<double>(),
-              100 * jk["same_top1"].get<double>());
+  std::printf(
+      "stories260K sample.txt: KLD(flash || sage_attn) mean %.3e, p99 %.3e, max %.3e, "
+      "same top-1 %.2f%%\n",
+      mean, jk["kld"]["p99"].get<double>(), jk["kld"]["max"].get<double>(),
+      100 * jk["same_top1"].get<double>());
   EXPECT_GT(mean, 0.0);
   EXPECT_LT(mean, 0.01);
   EXPECT_GT(jk["same_top1"].get<double>(), 0.95);
@@ -160,12 +161,14 @@ TEST(Cli, KlDivergenceFlashVsFlashIsZeroAndSageIsSmall) {
 }
 
 TEST(Cli, UnknownBackendListsChoices) {
-  expect_clean_error(sagellm("generate --model " + stories() + " --prompt x --attention-backend fa9"),
-                     "unknown attention backend 'fa9' (choose one of: flash, sage_attn)");
+  expect_clean_error(
+      sagellm("generate --model " + stories() + " --prompt x --attention-backend fa9"),
+      "unknown attention backend 'fa9' (choose one of: flash, sage_attn)");
 }
 
 TEST(Cli, MissingModelDirectory) {
-  expect_clean_error(sagellm("generate --model /nonexistent/model --prompt x"), "/nonexistent/model");
+  expect_clean_error(sagellm("generate --model /nonexistent/model --prompt x"),
+                     "/nonexistent/model");
 }
 
 TEST(Cli, PromptLongerThanContext) {
@@ -195,7 +198,8 @@ TEST(Cli, MalformedConfig) {
   TempDir tmp;
   const fs::path m = tmp.model_copy();
   write_file(m / "config.json", "{\"architectures\": [\"LlamaForCausalLM\"], ");
-  expect_clean_error(sagellm("generate --model " + quote(m.string()) + " --prompt x"), "config.json");
+  expect_clean_error(sagellm("generate --model " + quote(m.string()) + " --prompt x"),
+                     "config.json");
 }
 
 TEST(Cli, UnknownArchitecture) {
@@ -235,8 +239,8 @@ TEST(Cli, TokenIdOutsideVocabulary) {
 }
 
 TEST(Cli, BadSamplingParameters) {
-  expect_clean_error(
-      sagellm("generate --model " + stories() + " --prompt x --temperature -1"), "temperature");
+  expect_clean_error(sagellm("generate --model " + stories() + " --prompt x --temperature -1"),
+                     "temperature");
   expect_clean_error(sagellm("generate --model " + stories() + " --prompt x --top-p 0"), "top_p");
 }
 

@@ -1,9 +1,9 @@
 // Engine-level generation against the greedy continuations of ../shared/golden (transformers).
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "common/fixtures.h"
 #include "core/error.h"
@@ -60,7 +60,8 @@ TEST(Generation, BatchOfRequestsEqualsEachAlone) {
   for (const std::string backend : {"flash", "sage_attn"}) {
     Engine engine(stories(backend));
     std::vector<GenerationRequest> reqs;
-    for (const char* p : {"bos_only", "short", "medium", "long"}) reqs.push_back(greedy(golden_ids(p), 40));
+    for (const char* p : {"bos_only", "short", "medium", "long"})
+      reqs.push_back(greedy(golden_ids(p), 40));
     const auto together = engine.generate(reqs);
     for (size_t i = 0; i < reqs.size(); ++i) {
       const auto alone = engine.generate({reqs[i]});
@@ -111,8 +112,9 @@ TEST(Generation, StopStringsAndStopIds) {
 TEST(Generation, StreamedPiecesConcatenateToText) {
   Engine engine(stories());
   std::string streamed;
-  const auto out = engine.generate({greedy(golden_ids("medium"), 64)},
-                                   [&](size_t, const std::string& piece, int32_t) { streamed += piece; });
+  const auto out =
+      engine.generate({greedy(golden_ids("medium"), 64)},
+                      [&](size_t, const std::string& piece, int32_t) { streamed += piece; });
   EXPECT_EQ(streamed, out[0].text);
   EXPECT_EQ(out[0].text, engine.tokenizer().decode(out[0].tokens));
 }

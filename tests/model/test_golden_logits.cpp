@@ -115,8 +115,8 @@ TEST(GoldenLogits, Llama31TinyRandomLongPositionsWithin1e3) {
   const std::vector<float> got = r.all_logits(ids, 2048);
   float worst = 0.0f;
   for (size_t i = 0; i < positions.size(); ++i) {
-    const float err = max_abs_diff(&got[static_cast<size_t>(positions[i]) * vocab],
-                                   &want[i * vocab], vocab);
+    const float err =
+        max_abs_diff(&got[static_cast<size_t>(positions[i]) * vocab], &want[i * vocab], vocab);
     worst = std::max(worst, err);
     EXPECT_LE(err, 1e-3f) << "position " << positions[i];
   }
@@ -139,9 +139,10 @@ TEST(GoldenLogits, BatchedRequestsMatchAlone) {
     batch.tokens = a;
     batch.tokens.insert(batch.tokens.end(), b.begin(), b.end());
     batch.logits_mode = LogitsMode::kAll;
-    batch.attention.seqs.push_back(AttentionSeq{0, static_cast<int>(a.size()), static_cast<int>(a.size()), pa});
-    batch.attention.seqs.push_back(AttentionSeq{static_cast<int>(a.size()), static_cast<int>(b.size()),
-                                                static_cast<int>(b.size()), pb});
+    batch.attention.seqs.push_back(
+        AttentionSeq{0, static_cast<int>(a.size()), static_cast<int>(a.size()), pa});
+    batch.attention.seqs.push_back(AttentionSeq{
+        static_cast<int>(a.size()), static_cast<int>(b.size()), static_cast<int>(b.size()), pb});
     const std::vector<float> both = model.forward(batch, r.cache, *r.attention);
     ASSERT_EQ(both.size(), la.size() + lb.size());
     // The GEMMs see a different M, so only float rounding may differ.
