@@ -8,14 +8,14 @@ shared=${SAGELLM_SHARED_DIR:-$root/../shared}
 cd "$root"
 SAGELLM_SKIP_PYTHON=1 scripts/install-deps.sh
 cmake --preset gpu >/dev/null
-targets=(sagellm)
+targets=(sagellm bench_flash_attention)
 for d in tests/gpu_*/; do
   [[ -d $d ]] && targets+=("test_$(basename "$d")")
 done
 cmake --build --preset gpu --target "${targets[@]}"
 rm -rf .device
 mkdir -p .device/bin .device/shared/models .device/shared/golden
-cp build/gpu/sagellm .device/bin/
+cp build/gpu/sagellm build/gpu/bench_flash_attention .device/bin/
 for t in build/gpu/tests/test_gpu_*; do
   [[ -x $t ]] && cp "$t" .device/bin/
 done
@@ -23,5 +23,8 @@ for m in ${SAGELLM_GPU_MODELS:-stories260K llama31-tiny-random}; do
   cp -r "$shared/models/$m" .device/shared/models/
   [[ -d $shared/golden/$m ]] && cp -r "$shared/golden/$m" .device/shared/golden/
 done
-strip --strip-debug .device/bin/* 2>/dev/null || true
-du -sh .device
+# One compressed file keeps what travels to the GPU machine small; gpu-check.sh unpacks it.
+strip --strip-all .device/bin/* 2>/dev/null || true
+tar -C .device -cJf .device/bundle.tar.xz bin shared
+rm -rf .device/bin .device/shared
+du -sh .device/bundle.tar.xz

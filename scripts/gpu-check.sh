@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# On a GPU machine: runs every GPU test executable and writes each one's log and JSON result, plus
-# the GPU's description, into one folder. Usage: scripts/gpu-check.sh [BIN_DIR] [OUT_DIR]
+# On a GPU machine: runs every GPU test executable, then the kernel benchmarks and the PyTorch
+# peers on the same shapes, and writes each one's log (and JSON results) plus the GPU's
+# description into one folder. Usage: scripts/gpu-check.sh [BIN_DIR] [OUT_DIR]
 # BIN_DIR defaults to .device/bin (made by scripts/gpu-bundle.sh), else build/gpu/tests.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -f $root/.device/bundle.tar.xz && ! -d $root/.device/bin ]]; then
+  tar -C "$root/.device" -xJf "$root/.device/bundle.tar.xz"
+fi
+# cuBLAS is the one library linked dynamically: find it where the CUDA toolkit or PyTorch keep it.
+if ! ldconfig -p 2>/dev/null | grep -q libcublasLt.so.13; then
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+    $(python3 -c "import nvidia.cublas, os; print(os.path.join(nvidia.cublas.__path__[0], 'lib'))" 2>/dev/null); do
+    [[ -e $d/libcublasLt.so.13 ]] && export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  done
+fi
 bin=${1:-}
 if [[ -z $bin ]]; then
   if [[ -d $root/.device/bin ]]; then bin=$root/.device/bin; else bin=$root/build/gpu/tests; fi
@@ -23,4 +34,16 @@ for t in "$bin"/test_gpu_*; do
   echo "$name exit $rc"
   [[ $rc -eq 0 ]] || status=1
 done
+# Benchmarks: ours, then the peers on the same shapes in the same run.
+if [[ "${SAGELLM_SKIP_BENCH:-0}" != "1" ]]; then
+  for b in "$bin"/bench_*; do
+    [[ -x $b ]] || continue
+    echo "== $(basename "$b")"
+    "$b" 2>&1 | tee "$out/$(basename "$b").log"
+  done
+  if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    echo "== bench/peers/sdpa_bench.py"
+    python3 "$root/bench/peers/sdpa_bench.py" --json "$out/peers_sdpa.json" 2>&1 | tee "$out/peers_sdpa.log"
+  fi
+fi
 exit $status
