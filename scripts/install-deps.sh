@@ -8,6 +8,7 @@ packages=(
   build-essential cmake pkg-config python3 python3-pip
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libspdlog-dev libfmt-dev libpcre2-dev
   libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev
+  chromium  # renders validate's report.html in a test
 )
 
 missing=()
