@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds sagellm and runs the main job on ../shared/models/stories260K: a greedy generation with
-# each attention backend, then the KL divergence of sage_attn against flash on the sample text.
+# each attention backend, then `sagellm validate --quick`, which measures sage_attn against flash
+# (logit divergence, perplexity, throughput, memory, drift, determinism, context accuracy) and
+# writes validate-report/report.{json,md,html}.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 shared=${SAGELLM_SHARED_DIR:-$root/../shared}
@@ -18,11 +20,6 @@ for backend in flash sage_attn; do
   "$bin" generate --model "$model" --device "$device" --attention-backend "$backend" \
     --prompt "Once upon a time" --max-tokens 120 --temperature 0
 done
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-echo "== sagellm perplexity (flash, saving the base logits)"
-"$bin" perplexity --model "$model" --file "$shared/data/tinystories/sample.txt" --ctx 512 \
-  --kl-divergence-base "$tmp/flash.safetensors"
-echo "== sagellm perplexity --attention-backend sage_attn --kl-divergence"
-"$bin" perplexity --model "$model" --file "$shared/data/tinystories/sample.txt" --ctx 512 \
-  --attention-backend sage_attn --kl-divergence "$tmp/flash.safetensors"
+echo "== sagellm validate --quick (sage_attn against flash; report in validate-report/)"
+"$bin" validate --model "$model" --device "$device" --quick --out "$root/validate-report" \
+  --corpus "$shared/data/tinystories/sample.txt" --haystack-dir "$shared/data/haystack"
