@@ -7,6 +7,9 @@
 // in the batch.
 #pragma once
 
+#include <omp.h>
+
+#include <algorithm>
 #include <vector>
 
 #include "attention/backend.h"
@@ -47,5 +50,31 @@ inline int last_visible_key(const AttentionSeq& seq, int i, bool causal) {
 }
 
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// Runs `run(item, scratch)` for every item, on OpenMP threads when the work is large enough, each
+// thread with its own Scratch(head_dim, page_size, max_rows). The scratch is allocated before the
+// parallel region, so that running out of memory is an exception here rather than a termination
+// inside a worker. Each item is computed by exactly one thread, so results do not depend on the
+// thread count.
+template <typename Scratch, typename Run>
+void run_work_items(const AttentionShape& shape, const AttentionBatch& batch,
+                    const std::vector<WorkItem>& items, int page_size, Run&& run) {
+  if (items.empty()) return;
+  const int group = shape.num_heads / shape.num_kv_heads;
+  const int n_items = static_cast<int>(items.size());
+  const bool parallel = estimate_work(shape, batch, items) >= kMinParallelWork;
+  const int threads = parallel ? std::max(1, std::min(omp_get_max_threads(), n_items)) : 1;
+  int max_rows = 0;
+  for (const WorkItem& it : items) max_rows = std::max(max_rows, (it.q_end - it.q_begin) * group);
+  std::vector<Scratch> scratch;
+  scratch.reserve(static_cast<size_t>(threads));
+  for (int t = 0; t < threads; ++t) scratch.emplace_back(shape.head_dim, page_size, max_rows);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    Scratch& w = scratch[static_cast<size_t>(omp_get_thread_num())];
+#pragma omp for schedule(dynamic, 1)
+    for (int i = 0; i < n_items; ++i) run(items[static_cast<size_t>(i)], w);
+  }
+}
 
 }  // namespace sagellm::attention_cpu

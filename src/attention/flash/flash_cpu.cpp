@@ -173,31 +173,11 @@ class FlashBackend final : public AttentionBackend {
                int layer, const float* q, float* out) const override {
     attention_cpu::validate_batch(shape, batch, cache, layer, q, out);
     const std::vector<attention_cpu::WorkItem> items = attention_cpu::plan_work(shape, batch);
-    if (items.empty()) return;
-    const int group = shape.num_heads / shape.num_kv_heads;
-    const int n_items = static_cast<int>(items.size());
-    // Scratch is allocated before the parallel region, so that running out of memory is an
-    // exception here rather than a termination inside a worker.
-    const bool parallel =
-        attention_cpu::estimate_work(shape, batch, items) >= attention_cpu::kMinParallelWork;
-    const int threads = parallel ? std::max(1, std::min(omp_get_max_threads(), n_items)) : 1;
-    int max_rows = 0;
-    for (const attention_cpu::WorkItem& it : items) {
-      max_rows = std::max(max_rows, (it.q_end - it.q_begin) * group);
-    }
-    std::vector<FlashScratch> scratch;
-    scratch.reserve(static_cast<size_t>(threads));
-    for (int t = 0; t < threads; ++t) {
-      scratch.emplace_back(shape.head_dim, cache.shape().page_size, max_rows);
-    }
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-      FlashScratch& w = scratch[static_cast<size_t>(omp_get_thread_num())];
-#pragma omp for schedule(dynamic, 1)
-      for (int i = 0; i < n_items; ++i) {
-        run_item(shape, batch, cache, layer, q, out, items[static_cast<size_t>(i)], w);
-      }
-    }
+    attention_cpu::run_work_items<FlashScratch>(
+        shape, batch, items, cache.shape().page_size,
+        [&](const attention_cpu::WorkItem& item, FlashScratch& w) {
+          run_item(shape, batch, cache, layer, q, out, item, w);
+        });
   }
 };
 
