@@ -138,7 +138,7 @@ std::vector<float> LlamaModel::forward(const ForwardBatch& batch, PagedKVCache& 
   for (const AttentionSeq& s : batch.attention.seqs) {
     for (int i = 0; i < s.q_len; ++i) {
       const int pos = s.kv_len - s.q_len + i;
-      const size_t r = static_cast<size_t>(s.q_start + i);
+      const size_t r = static_cast<size_t>(s.q_start) + static_cast<size_t>(i);
       row_pos[r] = pos;
       row_page[r] = s.pages[static_cast<size_t>(pos / page_size)];
       row_slot[r] = pos % page_size;
