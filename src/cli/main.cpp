@@ -8,7 +8,9 @@
 #include "core/error.h"
 #include "core/logging.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int run(int argc, char** argv) {
   sagellm::init_logging();
   CLI::App app{"sagellm: Llama inference with exact bf16 FlashAttention or 8-bit SageAttention"};
   app.set_version_flag("--version", std::string("sagellm ") + SAGELLM_VERSION);
@@ -16,11 +18,8 @@ int main(int argc, char** argv) {
 
   using Adder = sagellm::cli::Action (*)(CLI::App&);
   const Adder adders[] = {
-      &sagellm::cli::add_generate,
-      &sagellm::cli::add_tokenize,
-      &sagellm::cli::add_logits,
-      &sagellm::cli::add_perplexity,
-      &sagellm::cli::add_validate,
+      &sagellm::cli::add_generate,   &sagellm::cli::add_tokenize, &sagellm::cli::add_logits,
+      &sagellm::cli::add_perplexity, &sagellm::cli::add_validate,
   };
   std::vector<std::pair<CLI::App*, sagellm::cli::Action>> actions;
   for (Adder add : adders) {
@@ -34,10 +33,18 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  for (auto& [sub, action] : actions) {
+    if (sub->parsed()) return action();
+  }
+  return 0;
+}
+
+}  // namespace
+
+// Every failure a user can cause ends here as one "error: ..." line and exit code 1.
+int main(int argc, char** argv) {
   try {
-    for (auto& [sub, action] : actions) {
-      if (sub->parsed()) return action();
-    }
+    return run(argc, argv);
   } catch (const sagellm::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
@@ -48,5 +55,4 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
   }
-  return 0;
 }

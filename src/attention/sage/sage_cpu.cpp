@@ -189,9 +189,10 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
           sage::quantize_q_block(src, bn, row_stride, hd, factor,
                                  &w.q_scaled[static_cast<size_t>(r0) * hd], w.codes.data());
       for (int ii = 0; ii < bn; ++ii) {
-        w.q_scale[static_cast<size_t>(r0 + ii)] = scale;
+        w.q_scale[static_cast<size_t>(r0) + static_cast<size_t>(ii)] = scale;
         for (int d = 0; d < hd; ++d) {
-          w.q8[static_cast<size_t>(r0 + ii) * w.d8 + d] = w.codes[static_cast<size_t>(ii) * hd + d];
+          w.q8[(static_cast<size_t>(r0) + static_cast<size_t>(ii)) * w.d8 + d] =
+              w.codes[static_cast<size_t>(ii) * hd + d];
         }
       }
     }

@@ -51,7 +51,7 @@ struct Scale {
   bool valid(double v) const { return std::isfinite(v) && (!log || v > 0); }
 };
 
-Scale make_scale(std::vector<double> values, const Axis& axis, double px0, double px1,
+Scale make_scale(const std::vector<double>& values, const Axis& axis, double px0, double px1,
                  bool pad_zero) {
   Scale s;
   s.log = axis.log;
