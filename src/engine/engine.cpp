@@ -74,6 +74,10 @@ Engine::Engine(const EngineOptions& options)
   if (std::filesystem::exists(options.model_dir / "tokenizer.json")) {
     tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_model_dir(options.model_dir));
   }
+  if (tokenizer_) eos_ids_ = tokenizer_->eos_ids();
+  for (int id : model_.config().eos_token_ids) {
+    if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
+  }
   spdlog::info("engine: {} layers, attention {}, KV cache {} pages x {} tokens ({})",
                model_.config().num_layers, attention_->name(), cache_.shape().num_pages,
                cache_.shape().page_size, kv_cache_dtype_name(cache_.dtype()));
@@ -82,6 +86,26 @@ Engine::Engine(const EngineOptions& options)
 const Tokenizer& Engine::tokenizer() const {
   SAGELLM_CHECK(tokenizer_ != nullptr, "{} has no tokenizer.json", options_.model_dir.string());
   return *tokenizer_;
+}
+
+int Engine::page_size() const { return cache_.shape().page_size; }
+int Engine::num_pages() const { return cache_.shape().num_pages; }
+int Engine::num_free_pages() const { return cache_.num_free_pages(); }
+std::optional<int> Engine::allocate_page() { return cache_.allocate(); }
+void Engine::release_page(int page) { cache_.release(page); }
+
+std::vector<float> Engine::forward(const ForwardBatch& batch, const ActivationObserver& observer) {
+  return model_.forward(batch, cache_, *attention_, observer);
+}
+
+EngineMemory Engine::memory() const {
+  EngineMemory m;
+  m.device = options_.device;
+  m.weight_bytes = model_.weight_bytes();
+  m.kv_bytes_per_token = cache_.bytes_per_token();
+  m.kv_capacity_tokens = static_cast<int64_t>(cache_.shape().num_pages) * cache_.shape().page_size;
+  m.kv_pool_bytes = m.kv_bytes_per_token * static_cast<size_t>(m.kv_capacity_tokens);
+  return m;
 }
 
 void Engine::reserve(Slot& slot, int64_t tokens) {
@@ -121,7 +145,7 @@ std::vector<float> Engine::score(std::span<const int32_t> ids, const ActivationO
       b.logits_mode = LogitsMode::kAll;
       slot.kv_len += len;
       b.attention.seqs.push_back(AttentionSeq{0, len, slot.kv_len, slot.pages});
-      std::vector<float> part = model_.forward(b, cache_, *attention_, observer);
+      std::vector<float> part = forward(b, observer);
       logits.insert(logits.end(), part.begin(), part.end());
     }
   } catch (...) {
@@ -144,10 +168,7 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
                   "the prompt has {} tokens, more than the context length {}", r.prompt.size(),
                   context_length_);
   }
-  std::vector<int32_t> eos = tokenizer_ ? tokenizer_->eos_ids() : std::vector<int32_t>{};
-  for (int id : model_.config().eos_token_ids) {
-    if (std::find(eos.begin(), eos.end(), id) == eos.end()) eos.push_back(id);
-  }
+  const std::vector<int32_t>& eos = eos_ids_;
 
   std::vector<Slot> slots(n);
   std::vector<GenerationResult> results(n);
@@ -225,7 +246,7 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
                         p.begin() + static_cast<std::ptrdiff_t>(start) + len);
         slots[i].kv_len += len;
         b.attention.seqs.push_back(AttentionSeq{0, len, slots[i].kv_len, slots[i].pages});
-        last = model_.forward(b, cache_, *attention_);
+        last = forward(b);
       }
       if (stats) stats->prefill_tokens += static_cast<int64_t>(p.size());
       accept(i,
@@ -247,7 +268,7 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
         members.push_back(i);
       }
       if (members.empty()) break;
-      std::vector<float> logits = model_.forward(b, cache_, *attention_);
+      std::vector<float> logits = forward(b);
       if (stats) stats->decode_tokens += static_cast<int64_t>(members.size());
       for (size_t k = 0; k < members.size(); ++k) {
         accept(members[k],

@@ -49,6 +49,18 @@ struct GenerationResult {
   int prompt_tokens = 0;
 };
 
+// Memory the engine holds, measured where the device allows (GPU: cudaMemGetInfo and the
+// allocator's sizes; CPU: the sizes of the buffers allocated).
+struct EngineMemory {
+  std::string device;
+  size_t weight_bytes = 0;        // weights as held on the device
+  size_t kv_bytes_per_token = 0;  // all layers, K and V, as the cache stores them
+  size_t kv_pool_bytes = 0;       // the whole paged KV cache
+  int64_t kv_capacity_tokens = 0;
+  size_t device_total_bytes = 0;  // GPU only
+  size_t device_used_bytes = 0;   // GPU only: total - free after loading
+};
+
 struct GenerationStats {
   double prefill_seconds = 0, decode_seconds = 0;
   int64_t prefill_tokens = 0, decode_tokens = 0;
@@ -76,6 +88,23 @@ class Engine {
                                          const TokenCallback& on_token = {},
                                          GenerationStats* stats = nullptr);
 
+  // ---- Step API, for schedulers that drive the model one forward step at a time (serve) ----
+  // KV pages: `page_size` tokens each, handed out by allocate_page() (nullopt when all are in
+  // use) and named in AttentionSeq::pages. A page is owned by whoever allocated it until
+  // release_page(); sharing one (prefix caching) is the caller's bookkeeping.
+  int page_size() const;
+  int num_pages() const;
+  int num_free_pages() const;
+  std::optional<int> allocate_page();
+  void release_page(int page);
+  // One forward step: writes the new tokens' K/V into their pages and returns logits
+  // ([seqs][vocab] for LogitsMode::kLastPerSeq, [tokens][vocab] for kAll). Throws sagellm::Error
+  // on a malformed batch without touching the cache.
+  std::vector<float> forward(const ForwardBatch& batch, const ActivationObserver& observer = {});
+  // Token ids that end generation: the tokenizer's EOS ids and config.json's eos_token_id.
+  const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
+  EngineMemory memory() const;
+
  private:
   struct Slot {
     std::vector<int> pages;
@@ -90,6 +119,7 @@ class Engine {
   std::unique_ptr<AttentionBackend> attention_;
   int64_t context_length_;
   PagedKVCache cache_;
+  std::vector<int32_t> eos_ids_;
 };
 
 }  // namespace sagellm
