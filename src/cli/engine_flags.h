@@ -20,7 +20,11 @@ inline void add_engine_flags(CLI::App& app, EngineOptions& o) {
          "--kv-cache-dtype", o.kv_cache_dtype,
          "KV cache storage: auto (int8 for sage_attn, exact otherwise) | bf16 | fp32 | int8")
       ->capture_default_str();
-  app.add_option("--device", o.device, "Execution device")->capture_default_str();
+  app.add_option("--device", o.device, "Execution device: cpu | cuda")->capture_default_str();
+  app.add_option("--mem-fraction-static", o.mem_fraction_static,
+                 "GPU: fraction of GPU memory for weights and the KV cache (the cache takes what "
+                 "the weights leave)")
+      ->capture_default_str();
   app.add_option("--load-format", o.load_format,
                  "auto (safetensors) | dummy (seeded random weights at the config's shapes)")
       ->capture_default_str();
@@ -28,7 +32,8 @@ inline void add_engine_flags(CLI::App& app, EngineOptions& o) {
                  "Maximum tokens per sequence (default: the model's max_position_embeddings)");
   app.add_option("--page-size", o.page_size, "Tokens per KV cache page")->capture_default_str();
   app.add_option("--kv-cache-tokens", o.kv_cache_tokens,
-                 "Tokens the KV cache holds (default: max(context length, 8192), within 1 GiB)");
+                 "Tokens the KV cache holds (default CPU: max(context length, 8192) within 1 GiB; "
+                 "GPU: what --mem-fraction-static leaves, at most 4M)");
   app.add_option("--prefill-chunk", o.prefill_chunk, "Tokens per prefill step")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));

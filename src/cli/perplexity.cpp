@@ -115,7 +115,7 @@ int run_perplexity_cmd(PerplexityArgs& a) {
 
   nlohmann::json j = {{"file", a.file},
                       {"attention_backend", std::string(engine.attention().name())},
-                      {"kv_cache_dtype", std::string(kv_cache_dtype_name(engine.cache().dtype()))},
+                      {"kv_cache_dtype", std::string(kv_cache_dtype_name(engine.kv_cache_dtype()))},
                       {"ctx", a.ppl.ctx},
                       {"windows", r.windows},
                       {"tokens", r.stats.n},

@@ -126,4 +126,14 @@ class DeviceBuffer {
   size_t size_ = 0;
 };
 
+// Makes `buf` hold at least `count` elements, reallocating (contents lost) when it is smaller, with
+// headroom so that slowly growing batches do not reallocate every step. Never shrinks. Must not be
+// called while a CUDA graph that uses the buffer is captured or replayed.
+template <typename T>
+void ensure_capacity(DeviceBuffer<T>& buf, size_t count) {
+  if (buf.size() >= count) return;
+  buf.reset();
+  buf = DeviceBuffer<T>(count + count / 4);
+}
+
 }  // namespace sagellm

@@ -10,77 +10,66 @@ namespace sagellm {
 
 namespace {
 
+std::unique_ptr<ModelRunner> make_runner(const EngineOptions& o, const AttentionBackend& backend,
+                                         int64_t context_length) {
+  SAGELLM_CHECK(o.page_size >= 1 && o.page_size <= 4096,
+                "--page-size must be in [1, 4096] (got {})", o.page_size);
+  if (o.device == "cpu") return make_cpu_runner(o, backend, context_length);
+  if (o.device == "cuda") {
+#if defined(SAGELLM_HAVE_CUDA)
+    return make_cuda_runner(o, context_length);
+#else
+    fail("--device cuda: this build of sagellm has no CUDA support (build it where nvcc is found)");
+#endif
+  }
+  fail("unknown --device '{}' (choose one of: cpu, cuda)", o.device);
+}
+
+int64_t resolve_context_length(const EngineOptions& o, const io::ModelConfig& c) {
+  SAGELLM_CHECK(o.context_length >= 0, "--context-length must be positive (got {})",
+                o.context_length);
+  return o.context_length > 0 ? std::min<int64_t>(o.context_length, c.max_position_embeddings)
+                              : c.max_position_embeddings;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-LlamaModel load_model(const EngineOptions& o) {
-  SAGELLM_CHECK(o.device == "cpu", "--device {} is not available in this build (choose: cpu)",
-                o.device);
-  if (o.load_format == "dummy") {
-    return LlamaModel::dummy(io::load_model_config(o.model_dir), /*seed=*/0);
-  }
-  SAGELLM_CHECK(o.load_format == "auto" || o.load_format == "safetensors",
-                "unknown --load-format '{}' (choose one of: auto, safetensors, dummy)",
-                o.load_format);
-  return LlamaModel::load(o.model_dir);
-}
-
-KVCacheShape cache_shape(const EngineOptions& o, const io::ModelConfig& c, KVCacheDType dtype,
-                         int64_t context_length) {
-  SAGELLM_CHECK(o.page_size >= 1 && o.page_size <= 4096,
-                "--page-size must be in [1, 4096] (got {})", o.page_size);
-  KVCacheShape s;
-  s.num_layers = c.num_layers;
-  s.num_kv_heads = c.num_kv_heads;
-  s.head_dim = c.head_dim;
-  s.page_size = o.page_size;
-  // The CPU cache keeps float storage for every page (plus the 8-bit copy in int8 mode).
-  const double bytes_per_token = static_cast<double>(c.num_layers) * c.num_kv_heads * c.head_dim *
-                                 2.0 * (dtype == KVCacheDType::kInt8 ? 5.0 : 4.0);
-  int64_t tokens = o.kv_cache_tokens;
-  if (tokens <= 0) {
-    const auto fit = static_cast<int64_t>(static_cast<double>(o.kv_cache_bytes) / bytes_per_token);
-    // Room for several full-length requests, within the memory budget.
-    tokens = std::min<int64_t>(std::max<int64_t>(context_length, 8192), fit);
-  }
-  SAGELLM_CHECK(tokens >= 1, "the KV cache budget holds no token (raise --kv-cache-tokens)");
-  s.num_pages = static_cast<int>((tokens + o.page_size - 1) / o.page_size);
-  return s;
-}
-
 }  // namespace
-
-KVCacheDType resolve_kv_cache_dtype(std::string_view name, const AttentionBackend& backend) {
-  if (name == "auto") return backend.default_kv_cache_dtype();
-  // On the CPU the exact cache is float32; "bf16" names the exact cache of the GPU path.
-  if (name == "fp32" || name == "bf16") return KVCacheDType::kFloat;
-  if (name == "int8") return KVCacheDType::kInt8;
-  fail("unknown --kv-cache-dtype '{}' (choose one of: auto, bf16, fp32, int8)", name);
-}
 
 Engine::Engine(const EngineOptions& options)
     : options_(options),
-      model_(load_model(options)),
       attention_(make_attention_backend(options.attention_backend, options.attention_options)),
-      context_length_(
-          options.context_length > 0
-              ? std::min<int64_t>(options.context_length, model_.config().max_position_embeddings)
-              : model_.config().max_position_embeddings),
-      cache_(
-          cache_shape(options, model_.config(),
-                      resolve_kv_cache_dtype(options.kv_cache_dtype, *attention_), context_length_),
-          resolve_kv_cache_dtype(options.kv_cache_dtype, *attention_)) {
+      context_length_(resolve_context_length(options, io::load_model_config(options.model_dir))),
+      runner_(make_runner(options, *attention_, context_length_)) {
   if (std::filesystem::exists(options.model_dir / "tokenizer.json")) {
     tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_model_dir(options.model_dir));
   }
   if (tokenizer_) eos_ids_ = tokenizer_->eos_ids();
-  for (int id : model_.config().eos_token_ids) {
+  for (int id : runner_->config().eos_token_ids) {
     if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
   }
-  spdlog::info("engine: {} layers, attention {}, KV cache {} pages x {} tokens ({})",
-               model_.config().num_layers, attention_->name(), cache_.shape().num_pages,
-               cache_.shape().page_size, kv_cache_dtype_name(cache_.dtype()));
+  spdlog::info("engine: {} layers on {}, attention {}, KV cache {} pages x {} tokens ({})",
+               runner_->config().num_layers, options.device, attention_->name(),
+               runner_->num_pages(), runner_->page_size(),
+               kv_cache_dtype_name(runner_->kv_cache_dtype()));
+}
+
+const LlamaModel& Engine::model() const {
+  const LlamaModel* m = runner_->cpu_model();
+  SAGELLM_CHECK(m != nullptr,
+                "this measurement drives the CPU model directly; run it with "
+                "--device cpu");
+  return *m;
+}
+
+const PagedKVCache& Engine::cache() const {
+  const PagedKVCache* c = runner_->cpu_cache();
+  SAGELLM_CHECK(c != nullptr,
+                "this measurement drives the CPU KV cache directly; run it with "
+                "--device cpu");
+  return *c;
 }
 
 const Tokenizer& Engine::tokenizer() const {
@@ -88,41 +77,33 @@ const Tokenizer& Engine::tokenizer() const {
   return *tokenizer_;
 }
 
-int Engine::page_size() const { return cache_.shape().page_size; }
-int Engine::num_pages() const { return cache_.shape().num_pages; }
-int Engine::num_free_pages() const { return cache_.num_free_pages(); }
-std::optional<int> Engine::allocate_page() { return cache_.allocate(); }
-void Engine::release_page(int page) { cache_.release(page); }
+int Engine::page_size() const { return runner_->page_size(); }
+int Engine::num_pages() const { return runner_->num_pages(); }
+int Engine::num_free_pages() const { return runner_->num_free_pages(); }
+std::optional<int> Engine::allocate_page() { return runner_->allocate_page(); }
+void Engine::release_page(int page) { runner_->release_page(page); }
+EngineMemory Engine::memory() const { return runner_->memory(); }
+KVCacheDType Engine::kv_cache_dtype() const { return runner_->kv_cache_dtype(); }
 
 std::vector<float> Engine::forward(const ForwardBatch& batch, const ActivationObserver& observer) {
-  return model_.forward(batch, cache_, *attention_, observer);
-}
-
-EngineMemory Engine::memory() const {
-  EngineMemory m;
-  m.device = options_.device;
-  m.weight_bytes = model_.weight_bytes();
-  m.kv_bytes_per_token = cache_.bytes_per_token();
-  m.kv_capacity_tokens = static_cast<int64_t>(cache_.shape().num_pages) * cache_.shape().page_size;
-  m.kv_pool_bytes = m.kv_bytes_per_token * static_cast<size_t>(m.kv_capacity_tokens);
-  return m;
+  return runner_->forward(batch, observer);
 }
 
 void Engine::reserve(Slot& slot, int64_t tokens) {
-  const int page_size = cache_.shape().page_size;
-  const int64_t need = (tokens + page_size - 1) / page_size;
+  const int page = runner_->page_size();
+  const int64_t need = (tokens + page - 1) / page;
   while (static_cast<int64_t>(slot.pages.size()) < need) {
-    std::optional<int> p = cache_.allocate();
+    std::optional<int> p = runner_->allocate_page();
     if (!p) {
       fail("the KV cache is full: it holds {} tokens in {} pages (raise --kv-cache-tokens)",
-           static_cast<int64_t>(cache_.shape().num_pages) * page_size, cache_.shape().num_pages);
+           static_cast<int64_t>(runner_->num_pages()) * page, runner_->num_pages());
     }
     slot.pages.push_back(*p);
   }
 }
 
 void Engine::release(Slot& slot) {
-  for (int p : slot.pages) cache_.release(p);
+  for (int p : slot.pages) runner_->release_page(p);
   slot.pages.clear();
   slot.kv_len = 0;
 }
@@ -132,7 +113,7 @@ std::vector<float> Engine::score(std::span<const int32_t> ids, const ActivationO
   SAGELLM_CHECK(n > 0, "nothing to score: the token sequence is empty");
   SAGELLM_CHECK(n <= context_length_, "the sequence has {} tokens, more than the context length {}",
                 n, context_length_);
-  const int vocab = model_.config().vocab_size;
+  const int vocab = runner_->config().vocab_size;
   Slot slot;
   std::vector<float> logits;
   try {
@@ -160,7 +141,7 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
                                                const TokenCallback& on_token,
                                                GenerationStats* stats) {
   const size_t n = requests.size();
-  const int vocab = model_.config().vocab_size;
+  const int vocab = runner_->config().vocab_size;
   for (const GenerationRequest& r : requests) {
     r.sampling.validate();
     SAGELLM_CHECK(!r.prompt.empty(), "the prompt is empty");

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "attention/backend.h"
+#include "engine/model_runner.h"
 #include "engine/sampling.h"
 #include "kv_cache/kv_cache.h"
 #include "model/llama.h"
@@ -22,7 +23,7 @@ namespace sagellm {
 
 struct EngineOptions {
   std::filesystem::path model_dir;
-  std::string device = "cpu";  // cpu (cuda: not in this build)
+  std::string device = "cpu";  // cpu | cuda
   std::string attention_backend = "flash";
   AttentionOptions attention_options;
   std::string kv_cache_dtype = "auto";  // auto | fp32 | bf16 | int8
@@ -30,12 +31,10 @@ struct EngineOptions {
   int page_size = 64;
   int64_t kv_cache_tokens = 0;              // 0: max(context length, 8192) within the budget
   size_t kv_cache_bytes = size_t{1} << 30;  // CPU memory budget for the cache
+  double mem_fraction_static = 0.85;        // GPU: fraction of memory for weights + KV cache
   int64_t context_length = 0;               // 0: the model's max_position_embeddings
   int prefill_chunk = 2048;                 // tokens per forward step when prefilling
 };
-
-// Resolves --kv-cache-dtype for a backend; throws on unknown names.
-KVCacheDType resolve_kv_cache_dtype(std::string_view name, const AttentionBackend& backend);
 
 struct GenerationRequest {
   std::vector<int32_t> prompt;
@@ -47,18 +46,6 @@ struct GenerationResult {
   std::string text;             // decoded, stop strings removed
   std::string finish_reason;    // "stop" or "length"
   int prompt_tokens = 0;
-};
-
-// Memory the engine holds, measured where the device allows (GPU: cudaMemGetInfo and the
-// allocator's sizes; CPU: the sizes of the buffers allocated).
-struct EngineMemory {
-  std::string device;
-  size_t weight_bytes = 0;        // weights as held on the device
-  size_t kv_bytes_per_token = 0;  // all layers, K and V, as the cache stores them
-  size_t kv_pool_bytes = 0;       // the whole paged KV cache
-  int64_t kv_capacity_tokens = 0;
-  size_t device_total_bytes = 0;  // GPU only
-  size_t device_used_bytes = 0;   // GPU only: total - free after loading
 };
 
 struct GenerationStats {
@@ -73,10 +60,14 @@ class Engine {
  public:
   explicit Engine(const EngineOptions& options);
 
-  const io::ModelConfig& config() const { return model_.config(); }
-  const LlamaModel& model() const { return model_; }
+  const io::ModelConfig& config() const { return runner_->config(); }
+  const std::string& device() const { return options_.device; }
+  // The CPU backend object (names and options are validated there on every device).
   const AttentionBackend& attention() const { return *attention_; }
-  const PagedKVCache& cache() const { return cache_; }
+  KVCacheDType kv_cache_dtype() const;
+  // The CPU model and KV cache, for measurements that drive them directly; throw on the GPU.
+  const LlamaModel& model() const;
+  const PagedKVCache& cache() const;
   int64_t context_length() const { return context_length_; }
   bool has_tokenizer() const { return tokenizer_ != nullptr; }
   const Tokenizer& tokenizer() const;  // throws when the model directory has none
@@ -114,11 +105,10 @@ class Engine {
   void release(Slot& slot);
 
   EngineOptions options_;
-  LlamaModel model_;
-  std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<AttentionBackend> attention_;
   int64_t context_length_;
-  PagedKVCache cache_;
+  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<int32_t> eos_ids_;
 };
 

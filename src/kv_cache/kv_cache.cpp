@@ -35,7 +35,7 @@ size_t checked_product(std::initializer_list<int> dims) {
 }  // namespace
 
 PagedKVCache::PagedKVCache(const KVCacheShape& shape, KVCacheDType dtype)
-    : shape_(shape), dtype_(dtype) {
+    : shape_(shape), dtype_(dtype), pages_(std::max(shape.num_pages, 1)) {
   SAGELLM_CHECK(shape.num_layers > 0 && shape.num_kv_heads > 0 && shape.head_dim > 0 &&
                     shape.page_size > 0 && shape.num_pages > 0,
                 "invalid KV cache shape: layers {}, kv heads {}, head_dim {}, page_size {}, "
@@ -57,27 +57,12 @@ PagedKVCache::PagedKVCache(const KVCacheShape& shape, KVCacheDType dtype)
     v_scale_.assign(heads * static_cast<size_t>(shape.head_dim), 0.0f);
     sealed_.assign(static_cast<size_t>(shape.num_layers) * shape.num_pages, 0);
   }
-  // Kept in descending order so that pop_back() hands out the lowest free index.
-  free_list_.resize(static_cast<size_t>(shape.num_pages));
-  for (int i = 0; i < shape.num_pages; ++i)
-    free_list_[static_cast<size_t>(i)] = shape.num_pages - 1 - i;
 }
 
-std::optional<int> PagedKVCache::allocate() {
-  if (free_list_.empty()) return std::nullopt;
-  const int page = free_list_.back();
-  free_list_.pop_back();
-  return page;
-}
+std::optional<int> PagedKVCache::allocate() { return pages_.allocate(); }
 
 void PagedKVCache::release(int page) {
-  SAGELLM_CHECK(page >= 0 && page < shape_.num_pages, "KV cache: release of page {} (valid: 0..{})",
-                page, shape_.num_pages - 1);
-  // Descending order: the insertion point keeps allocation lowest-first and exposes a double
-  // release, which would otherwise hand the same page to two requests.
-  auto it = std::lower_bound(free_list_.begin(), free_list_.end(), page, std::greater<int>());
-  SAGELLM_CHECK(it == free_list_.end() || *it != page, "KV cache: page {} released twice", page);
-  free_list_.insert(it, page);
+  pages_.release(page);
   if (dtype_ == KVCacheDType::kInt8) {
     for (int l = 0; l < shape_.num_layers; ++l) {
       sealed_[static_cast<size_t>(l) * shape_.num_pages + page] = 0;

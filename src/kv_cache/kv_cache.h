@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include "kv_cache/page_allocator.h"
+
 namespace sagellm {
 
 enum class KVCacheDType { kFloat, kInt8 };
@@ -47,7 +49,7 @@ class PagedKVCache {
   // Page allocator. allocate() returns nullopt when every page is in use.
   std::optional<int> allocate();
   void release(int page);
-  int num_free_pages() const { return static_cast<int>(free_list_.size()); }
+  int num_free_pages() const { return pages_.num_free(); }
 
   // Writes one token's K and V ([num_kv_heads * head_dim] each) into `slot` of `page` for `layer`.
   // In kInt8 mode writing the last slot seals the page (quantizes it); writing a sealed page is an
@@ -67,7 +69,7 @@ class PagedKVCache {
  private:
   KVCacheShape shape_;
   KVCacheDType dtype_;
-  std::vector<int> free_list_;
+  PageAllocator pages_;
   std::vector<float> k_, v_;     // [layer][page][kv_head][slot][dim]
   std::vector<int8_t> kq_;       // kInt8: [layer][page][kv_head][slot][dim]
   std::vector<uint8_t> vq_;      // kInt8: [layer][page][kv_head][slot][dim]

@@ -3,11 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <random>
 
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "kernels/cpu/ops.h"
+#include "model/forward_rows.h"
+#include "model/weight_source.h"
 
 namespace sagellm {
 
@@ -23,13 +24,20 @@ LlamaModel::LlamaModel(io::ModelConfig config, LlamaWeights weights)
     : config_(std::move(config)), w_(std::move(weights)), rope_(config_.rope, config_.head_dim) {}
 
 LlamaModel LlamaModel::load(const std::filesystem::path& model_dir) {
-  io::ModelConfig c = io::load_model_config(model_dir);
-  io::WeightStore store(model_dir);
+  return from_weights(*checkpoint_weights(model_dir));
+}
+
+LlamaModel LlamaModel::dummy(const io::ModelConfig& config, uint64_t seed) {
+  return from_weights(*dummy_weights(config, seed));
+}
+
+LlamaModel LlamaModel::from_weights(const WeightSource& src) {
+  const io::ModelConfig& c = src.config();
   const int64_t h = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t inter = c.intermediate_size, vocab = c.vocab_size;
   auto load = [&](const std::string& name, std::initializer_list<int64_t> shape) {
     const std::vector<int64_t> s(shape);
-    return store.load_f32(name, s);
+    return src.load(name, s);
   };
   LlamaWeights w;
   w.embed = load("model.embed_tokens.weight", {vocab, h});
@@ -48,40 +56,11 @@ LlamaModel LlamaModel::load(const std::filesystem::path& model_dir) {
     l.down = load(p + "mlp.down_proj.weight", {h, inter});
   }
   w.final_norm = load("model.norm.weight", {h});
-  if (store.contains("lm_head.weight")) {
+  if (src.contains("lm_head.weight")) {
     w.lm_head = load("lm_head.weight", {vocab, h});
   } else if (!c.tie_word_embeddings) {
-    fail("missing tensor lm_head.weight in {} (config.json says tie_word_embeddings is false)",
-         model_dir.string());
+    fail("missing tensor lm_head.weight (config.json says tie_word_embeddings is false)");
   }
-  return LlamaModel(std::move(c), std::move(w));
-}
-
-LlamaModel LlamaModel::dummy(const io::ModelConfig& c, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  auto random = [&](size_t n, float std) {
-    std::vector<float> v(n);
-    for (float& x : v) x = normal(rng) * std;
-    return v;
-  };
-  const size_t h = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const size_t inter = c.intermediate_size, vocab = c.vocab_size;
-  LlamaWeights w;
-  w.embed = random(vocab * h, 1.0f);
-  for (int i = 0; i < c.num_layers; ++i) {
-    LlamaLayerWeights l;
-    l.input_norm.assign(h, 1.0f);
-    l.post_norm.assign(h, 1.0f);
-    l.qkv = random((nh + 2 * nkv) * d * h, 1.0f / std::sqrt(static_cast<float>(h)));
-    l.o = random(h * nh * d, 1.0f / std::sqrt(static_cast<float>(nh * d)));
-    l.gate_up = random(2 * inter * h, 1.0f / std::sqrt(static_cast<float>(h)));
-    l.down = random(h * inter, 1.0f / std::sqrt(static_cast<float>(inter)));
-    w.layers.push_back(std::move(l));
-  }
-  w.final_norm.assign(h, 1.0f);
-  if (!c.tie_word_embeddings)
-    w.lm_head = random(vocab * h, 1.0f / std::sqrt(static_cast<float>(h)));
   return LlamaModel(c, std::move(w));
 }
 
@@ -116,37 +95,10 @@ std::vector<float> LlamaModel::forward(const ForwardBatch& batch, PagedKVCache& 
                     cache.shape().head_dim == d,
                 "KV cache shape does not match the model");
 
-  // Validate the batch before touching the cache: every id in range, rows add up, pages cover
-  // every position written.
-  int expected_rows = 0;
-  for (const AttentionSeq& s : batch.attention.seqs) {
-    SAGELLM_CHECK(s.q_start == expected_rows && s.q_len >= 0 && s.kv_len >= s.q_len,
-                  "malformed forward batch");
-    SAGELLM_CHECK(s.kv_len <= static_cast<int64_t>(s.pages.size()) * page_size,
-                  "request of {} tokens has only {} KV pages", s.kv_len, s.pages.size());
-    expected_rows += s.q_len;
-  }
-  SAGELLM_CHECK(expected_rows == rows, "forward batch has {} tokens but its requests cover {}",
-                rows, expected_rows);
-  for (int32_t t : batch.tokens) {
-    SAGELLM_CHECK(t >= 0 && t < vocab, "token id {} is outside the vocabulary (size {})", t, vocab);
-  }
-
-  // Row -> (page, slot, position) of each new token.
-  std::vector<int> row_page(static_cast<size_t>(rows)), row_slot(static_cast<size_t>(rows));
-  std::vector<int64_t> row_pos(static_cast<size_t>(rows));
-  for (const AttentionSeq& s : batch.attention.seqs) {
-    for (int i = 0; i < s.q_len; ++i) {
-      const int pos = s.kv_len - s.q_len + i;
-      const size_t r = static_cast<size_t>(s.q_start) + static_cast<size_t>(i);
-      row_pos[r] = pos;
-      row_page[r] = s.pages[static_cast<size_t>(pos / page_size)];
-      row_slot[r] = pos % page_size;
-    }
-  }
+  const ForwardRows fr = plan_forward_rows(batch, c, page_size, cache.shape().num_pages);
   std::vector<float> rope_cs(static_cast<size_t>(rows) * d);
   for (int r = 0; r < rows; ++r)
-    rope_.angles(row_pos[static_cast<size_t>(r)], &rope_cs[size_t(r) * d]);
+    rope_.angles(fr.position[static_cast<size_t>(r)], &rope_cs[size_t(r) * d]);
 
   std::vector<float> x(static_cast<size_t>(rows) * h), xn(x.size());
   std::vector<float> qkv(static_cast<size_t>(rows) * qkv_dim);
@@ -166,7 +118,7 @@ std::vector<float> LlamaModel::forward(const ForwardBatch& batch, PagedKVCache& 
       const float* cs = &rope_cs[static_cast<size_t>(r) * d];
       rope_.apply(row, nh + nkv, cs);  // q heads then k heads are contiguous
       std::memcpy(&q[static_cast<size_t>(r) * nh * d], row, sizeof(float) * nh * d);
-      cache.write(li, row_page[static_cast<size_t>(r)], row_slot[static_cast<size_t>(r)],
+      cache.write(li, fr.page[static_cast<size_t>(r)], fr.slot[static_cast<size_t>(r)],
                   row + nh * d, row + (nh + nkv) * d);
     }
     attention.forward(shape, batch.attention, cache, li, q.data(), att.data());
@@ -179,16 +131,7 @@ std::vector<float> LlamaModel::forward(const ForwardBatch& batch, PagedKVCache& 
   }
 
   // Final norm and lm_head only on the rows whose logits are wanted.
-  std::vector<int> out_rows;
-  if (batch.logits_mode == LogitsMode::kAll) {
-    out_rows.resize(static_cast<size_t>(rows));
-    for (int r = 0; r < rows; ++r) out_rows[static_cast<size_t>(r)] = r;
-  } else {
-    for (const AttentionSeq& s : batch.attention.seqs) {
-      SAGELLM_CHECK(s.q_len > 0, "a request without new tokens has no last-token logits");
-      out_rows.push_back(s.q_start + s.q_len - 1);
-    }
-  }
+  const std::vector<int32_t>& out_rows = fr.logits_rows;
   const int n_out = static_cast<int>(out_rows.size());
   std::vector<float> sel(static_cast<size_t>(n_out) * h);
   for (int i = 0; i < n_out; ++i) {

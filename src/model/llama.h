@@ -52,12 +52,15 @@ struct LayerActivations {
 };
 using ActivationObserver = std::function<void(const LayerActivations&)>;
 
+class WeightSource;
+
 class LlamaModel {
  public:
   // Loads config.json and the safetensors weights of MODEL_DIR (converted to float32).
   static LlamaModel load(const std::filesystem::path& model_dir);
   // Seeded random weights at the config's shapes (--load-format dummy).
   static LlamaModel dummy(const io::ModelConfig& config, uint64_t seed);
+  static LlamaModel from_weights(const WeightSource& source);
 
   const io::ModelConfig& config() const { return config_; }
   AttentionShape attention_shape() const;

@@ -9,4 +9,8 @@ namespace sagellm {
 
 std::unique_ptr<AttentionBackend> make_flash_backend(const AttentionOptions& options);
 
+class CudaAttention;
+// The GPU kernels (CUDA builds only: flash_backend_cuda.cpp).
+std::unique_ptr<CudaAttention> make_flash_cuda_attention();
+
 }  // namespace sagellm

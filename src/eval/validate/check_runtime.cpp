@@ -29,9 +29,8 @@ std::unique_ptr<Engine> build_engine(const EngineOptions& o, json& record) {
     const size_t rss1 = current_rss_bytes();
     record["rss_growth_bytes"] = rss0 > 0 && rss1 >= rss0 ? json(rss1 - rss0) : json(nullptr);
     record["backend"] = std::string(e->attention().name());
-    record["kv_cache_dtype"] = std::string(kv_cache_dtype_name(e->cache().dtype()));
-    record["cache_tokens"] =
-        static_cast<int64_t>(e->cache().shape().num_pages) * e->cache().shape().page_size;
+    record["kv_cache_dtype"] = std::string(kv_cache_dtype_name(e->kv_cache_dtype()));
+    record["cache_tokens"] = static_cast<int64_t>(e->num_pages()) * e->page_size();
     return e;
   } catch (const std::exception& ex) {
     record["loaded"] = false;

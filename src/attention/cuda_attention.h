@@ -1,0 +1,50 @@
+// The GPU side of an attention backend: bf16 queries against one layer of the GPU paged KV cache,
+// planned once per forward step (the batch metadata is the same for every layer) and run once
+// per layer. Plain C++: no CUDA headers, so the engine can hold one without nvcc.
+//
+// Backends register their CUDA implementation in attention/registry_cuda.cpp (CUDA builds only),
+// next to their CPU twin's line in attention/registry.cpp.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "attention/backend.h"
+
+struct CUstream_st;  // cudaStream_t is CUstream_st*
+
+namespace sagellm {
+
+// One layer of the GPU paged KV cache: pages of [kv_head][slot][head_dim] bf16 values.
+struct CudaKVLayer {
+  const void* k_pages = nullptr;
+  const void* v_pages = nullptr;
+  int64_t page_stride = 0;     // elements
+  int64_t kv_head_stride = 0;  // elements
+  int page_size = 0;
+  int num_pages = 0;
+};
+
+class CudaAttention {
+ public:
+  virtual ~CudaAttention() = default;
+  virtual std::string_view name() const = 0;
+  // Empty when the backend's kernels run this shape with this page size; the reason otherwise.
+  virtual std::string unsupported_reason(const AttentionShape& shape, int page_size) const = 0;
+  // Validates the batch (throws sagellm::Error) and enqueues its metadata on `stream`.
+  virtual void plan(const AttentionShape& shape, const AttentionBatch& batch, int page_size,
+                    CUstream_st* stream) = 0;
+  // q: rows of num_heads * head_dim bf16 values with row stride q_row_stride (elements, so q may
+  // be a view into fused QKV rows); out: dense [rows][num_heads * head_dim] bf16. Uses the last
+  // plan.
+  virtual void run(const CudaKVLayer& kv, const void* q, int64_t q_row_stride, void* out,
+                   CUstream_st* stream) = 0;
+};
+
+// Throws sagellm::Error for a name without CUDA kernels in this build.
+std::unique_ptr<CudaAttention> make_cuda_attention(std::string_view name,
+                                                   const AttentionOptions& options);
+
+}  // namespace sagellm

@@ -1,0 +1,85 @@
+// `flash` on the GPU: the planner and kernels of flash_cuda.h over the engine's paged cache.
+#include <cuda_runtime_api.h>
+
+#include <vector>
+
+#include "attention/cuda_attention.h"
+#include "attention/flash/flash_backend.h"
+#include "attention/flash/flash_cuda.h"
+#include "core/device_buffer.h"
+#include "core/error.h"
+
+namespace sagellm {
+
+namespace {
+
+class FlashCudaAttention final : public CudaAttention {
+ public:
+  std::string_view name() const override { return "flash"; }
+
+  std::string unsupported_reason(const AttentionShape& shape, int page_size) const override {
+    return flash_cuda::flash_shape_unsupported_reason(shape, page_size);
+  }
+
+  void plan(const AttentionShape& shape, const AttentionBatch& batch, int page_size,
+            CUstream_st* stream) override {
+    plan_ = flash_cuda::select_flash_kernel(shape, batch, page_size);
+    SAGELLM_CHECK(plan_.supported(), "flash attention on the GPU: {}", plan_.unsupported_reason);
+    params_ = flash_cuda::flash_params_for(plan_);
+    cu_seqlens_ = flash_cuda::flash_cu_seqlens_q(batch);
+    kv_lens_ = flash_cuda::flash_kv_lens(batch);
+    block_table_ = flash_cuda::flash_block_table(batch, page_size, &params_.block_table_stride);
+    // One upload for the four int32 arrays.
+    staging_.clear();
+    const size_t off_cu = 0;
+    staging_.insert(staging_.end(), cu_seqlens_.begin(), cu_seqlens_.end());
+    const size_t off_kv = staging_.size();
+    staging_.insert(staging_.end(), kv_lens_.begin(), kv_lens_.end());
+    const size_t off_table = staging_.size();
+    staging_.insert(staging_.end(), block_table_.begin(), block_table_.end());
+    const size_t off_split = staging_.size();
+    staging_.insert(staging_.end(), plan_.split_offsets.begin(), plan_.split_offsets.end());
+    ensure_capacity(meta_, staging_.size());
+    meta_.upload_async(staging_, stream);
+    params_.cu_seqlens_q = meta_.data() + off_cu;
+    params_.kv_lens = meta_.data() + off_kv;
+    params_.block_table = meta_.data() + off_table;
+    params_.split_offsets = plan_.split_offsets.empty() ? nullptr : meta_.data() + off_split;
+    if (plan_.split_slots > 0) {
+      ensure_capacity(split_acc_, static_cast<size_t>(plan_.split_acc_floats()));
+      ensure_capacity(split_ml_, static_cast<size_t>(plan_.split_ml_floats()));
+      params_.split_acc = split_acc_.data();
+      params_.split_ml = split_ml_.data();
+    }
+    // The staging vector must outlive the copy; a pageable copy is staged before it returns, but
+    // keeping it alive until the next plan costs nothing.
+  }
+
+  void run(const CudaKVLayer& kv, const void* q, int64_t q_row_stride, void* out,
+           CUstream_st* stream) override {
+    flash_cuda::FlashParams p = params_;
+    p.q = q;
+    p.q_row_stride = q_row_stride;
+    p.o = out;
+    p.k_pages = kv.k_pages;
+    p.v_pages = kv.v_pages;
+    p.page_stride = kv.page_stride;
+    p.kv_head_stride = kv.kv_head_stride;
+    flash_cuda::flash_attention_cuda(plan_, p, stream);
+  }
+
+ private:
+  flash_cuda::FlashPlan plan_;
+  flash_cuda::FlashParams params_;
+  std::vector<int32_t> cu_seqlens_, kv_lens_, block_table_, staging_;
+  DeviceBuffer<int32_t> meta_;
+  DeviceBuffer<float> split_acc_, split_ml_;
+};
+
+}  // namespace
+
+std::unique_ptr<CudaAttention> make_flash_cuda_attention() {
+  return std::make_unique<FlashCudaAttention>();
+}
+
+}  // namespace sagellm

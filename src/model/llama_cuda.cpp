@@ -1,0 +1,253 @@
+#include "model/llama_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/cuda_check.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "kernels/cuda/ops.h"
+#include "model/forward_rows.h"
+#include "model/rope.h"
+
+namespace sagellm {
+
+namespace {
+
+using gpu::bf16;
+
+// lm_head rows per GEMM: bounds the fp32 logits buffer (rows x vocab) when every position's
+// logits are wanted.
+constexpr int kLogitsChunkRows = 256;
+
+bf16* bf(DeviceBuffer<uint16_t>& b) { return reinterpret_cast<bf16*>(b.data()); }
+const bf16* bf(const DeviceBuffer<uint16_t>& b) { return reinterpret_cast<const bf16*>(b.data()); }
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  const auto n = static_cast<int64_t>(v.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    out[static_cast<size_t>(i)] = float_to_bf16(v[static_cast<size_t>(i)]);
+  }
+  return out;
+}
+
+// Loads the named tensors (in order) into one device buffer: fused QKV and gate/up projections.
+DeviceBuffer<uint16_t> upload(
+    const WeightSource& src,
+    std::initializer_list<std::pair<std::string, std::vector<int64_t>>> parts,
+    size_t* total_bytes) {
+  size_t elems = 0;
+  for (const auto& [name, shape] : parts) {
+    size_t n = 1;
+    for (int64_t d : shape) n *= static_cast<size_t>(d);
+    elems += n;
+  }
+  DeviceBuffer<uint16_t> buf(elems);
+  size_t offset = 0;
+  for (const auto& [name, shape] : parts) {
+    const std::vector<uint16_t> host = to_bf16(src.load(name, shape));
+    buf.upload(host, offset);
+    offset += host.size();
+  }
+  *total_bytes += buf.bytes();
+  return buf;
+}
+
+}  // namespace
+
+CudaStream::CudaStream() { SAGELLM_CUDA_CHECK(cudaStreamCreate(&stream_)); }
+CudaStream::~CudaStream() {
+  if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+}
+void CudaStream::synchronize() const { SAGELLM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+LlamaCudaModel::LlamaCudaModel(const WeightSource& src, int max_rows) : config_(src.config()) {
+  const io::ModelConfig& c = config_;
+  const int64_t h = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t inter = c.intermediate_size, vocab = c.vocab_size;
+  SAGELLM_CHECK(d % 2 == 0 && d <= 1024, "head_dim {} is not supported on the GPU", d);
+  embed_ = upload(src, {{"model.embed_tokens.weight", {vocab, h}}}, &weight_bytes_);
+  layers_.resize(static_cast<size_t>(c.num_layers));
+  for (int i = 0; i < c.num_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    Layer& l = layers_[static_cast<size_t>(i)];
+    l.input_norm = upload(src, {{p + "input_layernorm.weight", {h}}}, &weight_bytes_);
+    l.qkv = upload(src,
+                   {{p + "self_attn.q_proj.weight", {nh * d, h}},
+                    {p + "self_attn.k_proj.weight", {nkv * d, h}},
+                    {p + "self_attn.v_proj.weight", {nkv * d, h}}},
+                   &weight_bytes_);
+    l.o = upload(src, {{p + "self_attn.o_proj.weight", {h, nh * d}}}, &weight_bytes_);
+    l.post_norm = upload(src, {{p + "post_attention_layernorm.weight", {h}}}, &weight_bytes_);
+    l.gate_up = upload(
+        src, {{p + "mlp.gate_proj.weight", {inter, h}}, {p + "mlp.up_proj.weight", {inter, h}}},
+        &weight_bytes_);
+    l.down = upload(src, {{p + "mlp.down_proj.weight", {h, inter}}}, &weight_bytes_);
+  }
+  final_norm_ = upload(src, {{"model.norm.weight", {h}}}, &weight_bytes_);
+  if (src.contains("lm_head.weight")) {
+    lm_head_ = upload(src, {{"lm_head.weight", {vocab, h}}}, &weight_bytes_);
+  } else if (!c.tie_word_embeddings) {
+    fail("missing tensor lm_head.weight (config.json says tie_word_embeddings is false)");
+  }
+  inv_freq_ = DeviceBuffer<float>::from_host(rope_inv_freq(c.rope, c.head_dim));
+  ensure_rows(std::max(max_rows, 1));
+}
+
+AttentionShape LlamaCudaModel::attention_shape() const {
+  AttentionShape s;
+  s.num_heads = config_.num_heads;
+  s.num_kv_heads = config_.num_kv_heads;
+  s.head_dim = config_.head_dim;
+  s.sm_scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
+  return s;
+}
+
+void LlamaCudaModel::ensure_rows(int rows) {
+  if (rows <= rows_) return;
+  const io::ModelConfig& c = config_;
+  const auto r = static_cast<size_t>(rows);
+  const auto h = static_cast<size_t>(c.hidden_size), d = static_cast<size_t>(c.head_dim);
+  const auto nh = static_cast<size_t>(c.num_heads), nkv = static_cast<size_t>(c.num_kv_heads);
+  const auto inter = static_cast<size_t>(c.intermediate_size);
+  // Free first so that growing does not need old and new buffers at once.
+  for (auto* b : {&resid_, &delta_, &xn_, &qkv_, &att_, &gate_up_, &act_, &sel_}) b->reset();
+  logits_.reset();
+  resid_ = DeviceBuffer<uint16_t>(r * h);
+  delta_ = DeviceBuffer<uint16_t>(r * h);
+  xn_ = DeviceBuffer<uint16_t>(r * h);
+  sel_ = DeviceBuffer<uint16_t>(r * h);
+  qkv_ = DeviceBuffer<uint16_t>(r * (nh + 2 * nkv) * d);
+  att_ = DeviceBuffer<uint16_t>(r * nh * d);
+  gate_up_ = DeviceBuffer<uint16_t>(r * 2 * inter);
+  act_ = DeviceBuffer<uint16_t>(r * inter);
+  logits_ = DeviceBuffer<float>(std::min<size_t>(r, kLogitsChunkRows) *
+                                static_cast<size_t>(c.vocab_size));
+  rows_ = rows;
+}
+
+std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache& cache,
+                                           CudaAttention& attention,
+                                           const ActivationObserver& observer) {
+  const io::ModelConfig& c = config_;
+  const int rows = static_cast<int>(batch.tokens.size());
+  const int h = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int inter = c.intermediate_size, vocab = c.vocab_size;
+  const int qkv_dim = (nh + 2 * nkv) * d;
+  const KVCacheShape& ks = cache.shape();
+  SAGELLM_CHECK(ks.num_layers == c.num_layers && ks.num_kv_heads == nkv && ks.head_dim == d,
+                "KV cache shape does not match the model");
+  const ForwardRows fr = plan_forward_rows(batch, c, ks.page_size, ks.num_pages);
+  const int n_out = static_cast<int>(fr.logits_rows.size());
+  std::vector<float> logits(static_cast<size_t>(n_out) * static_cast<size_t>(vocab));
+  if (rows == 0) return logits;
+  const cudaStream_t s = stream_.get();
+  ensure_rows(rows);
+  attention.plan(attention_shape(), batch.attention, ks.page_size, s);
+
+  // One upload for the per-token metadata: ids, positions, pages, slots, logits rows.
+  meta_host_.clear();
+  meta_host_.insert(meta_host_.end(), batch.tokens.begin(), batch.tokens.end());
+  for (const auto* v : {&fr.position, &fr.page, &fr.slot, &fr.logits_rows}) {
+    meta_host_.insert(meta_host_.end(), v->begin(), v->end());
+  }
+  ensure_capacity(meta_, meta_host_.size());
+  meta_.upload_async(meta_host_, s);
+  const int32_t* d_ids = meta_.data();
+  const int32_t* d_pos = d_ids + rows;
+  const int32_t* d_page = d_pos + rows;
+  const int32_t* d_slot = d_page + rows;
+  const int32_t* d_out_rows = d_slot + rows;
+
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  bf16* resid = bf(resid_);
+  bf16* delta = bf(delta_);
+  bf16* xn = bf(xn_);
+  bf16* qkv = bf(qkv_);
+  bf16* att = bf(att_);
+  gpu::embedding(bf(embed_), vocab, h, d_ids, rows, resid, s);
+
+  std::vector<uint16_t> host_a, host_b;  // observer downloads
+  std::vector<float> obs_hidden, obs_attn;
+  for (int li = 0; li < c.num_layers; ++li) {
+    const Layer& l = layers_[static_cast<size_t>(li)];
+    if (li == 0) {
+      gpu::rmsnorm(resid, bf(l.input_norm), xn, rows, h, eps, s);
+    } else {
+      gpu::add_rmsnorm(resid, delta, bf(l.input_norm), xn, rows, h, eps, s);
+    }
+    gemm_.linear(xn, bf(l.qkv), qkv, rows, qkv_dim, h, s);
+    gpu::RopeParams rp;
+    rp.q = qkv;
+    rp.q_heads = nh;
+    rp.q_row_stride = qkv_dim;
+    rp.k = qkv + static_cast<int64_t>(nh) * d;
+    rp.k_heads = nkv;
+    rp.k_row_stride = qkv_dim;
+    rp.rows = rows;
+    rp.head_dim = d;
+    rp.inv_freq = inv_freq_.data();
+    rp.positions = d_pos;
+    gpu::rope(rp, s);
+    gpu::KVCacheWriteParams kw;
+    kw.k = qkv + static_cast<int64_t>(nh) * d;
+    kw.k_row_stride = qkv_dim;
+    kw.v = qkv + static_cast<int64_t>(nh + nkv) * d;
+    kw.v_row_stride = qkv_dim;
+    kw.k_cache = reinterpret_cast<bf16*>(cache.k_layer(li));
+    kw.v_cache = reinterpret_cast<bf16*>(cache.v_layer(li));
+    kw.pages = d_page;
+    kw.slots = d_slot;
+    kw.rows = rows;
+    kw.kv_heads = nkv;
+    kw.head_dim = d;
+    kw.page_size = ks.page_size;
+    kw.num_pages = ks.num_pages;
+    gpu::kv_cache_write(kw, s);
+    attention.run(cache.layer(li), qkv, qkv_dim, att, s);
+    gemm_.linear(att, bf(l.o), delta, rows, h, nh * d, s);
+    gpu::add_rmsnorm(resid, delta, bf(l.post_norm), xn, rows, h, eps, s);
+    gemm_.linear(xn, bf(l.gate_up), bf(gate_up_), rows, 2 * inter, h, s);
+    gpu::silu_mul(bf(gate_up_), bf(act_), rows, inter, s);
+    gemm_.linear(bf(act_), bf(l.down), delta, rows, h, inter, s);
+    if (observer) {
+      // The residual stream after the layer is resid + delta; its add is folded into the next
+      // layer's norm, so the observer gets it summed here in fp32.
+      host_a.resize(static_cast<size_t>(rows) * h);
+      host_b.resize(host_a.size());
+      resid_.download_async(host_a, s);
+      delta_.download_async(host_b, s);
+      std::vector<uint16_t> host_att(static_cast<size_t>(rows) * nh * d);
+      att_.download_async(host_att, s);
+      stream_.synchronize();
+      obs_hidden.resize(host_a.size());
+      for (size_t i = 0; i < host_a.size(); ++i) {
+        obs_hidden[i] = bf16_to_float(host_a[i]) + bf16_to_float(host_b[i]);
+      }
+      obs_attn.resize(host_att.size());
+      for (size_t i = 0; i < host_att.size(); ++i) obs_attn[i] = bf16_to_float(host_att[i]);
+      observer(LayerActivations{li, rows, obs_hidden, obs_attn});
+    }
+  }
+  gpu::add_rmsnorm(resid, delta, bf(final_norm_), xn, rows, h, eps, s);
+  const bf16* normed = xn;
+  if (batch.logits_mode != LogitsMode::kAll) {
+    // Gather the rows whose logits are wanted (the embedding kernel is a row gather).
+    gpu::embedding(xn, rows, h, d_out_rows, n_out, bf(sel_), s);
+    normed = bf(sel_);
+  }
+  const bf16* head = lm_head_.empty() ? bf(embed_) : bf(lm_head_);
+  for (int r0 = 0; r0 < n_out; r0 += kLogitsChunkRows) {
+    const int m = std::min(kLogitsChunkRows, n_out - r0);
+    gemm_.linear(normed + static_cast<int64_t>(r0) * h, head, logits_.data(), m, vocab, h, s);
+    logits_.download_async(std::span<float>(logits.data() + static_cast<size_t>(r0) * vocab,
+                                            static_cast<size_t>(m) * vocab),
+                           s);
+  }
+  stream_.synchronize();
+  return logits;
+}
+
+}  // namespace sagellm

@@ -1,0 +1,82 @@
+// The Llama forward pass on the GPU: bf16 weights and activations, cuBLASLt GEMMs with fp32
+// accumulation, the fused kernels of kernels/cuda/ops.h, attention through the backend's CUDA
+// kernels, float32 logits out. It is the CPU forward pass (model/llama.cpp) step for step, with
+// the same host-side bookkeeping (forward_rows.h); the two are kept as two short functions rather
+// than one over an op interface because the GPU one must also work with fused ops (residual add
+// folded into RMSNorm, RoPE in place on fused QKV rows, one stream) that the CPU one has no use
+// for.
+//
+// Rounding: every activation tensor is bf16, rounded once where it is produced; the residual
+// stream is added in fp32 and rounded once per add (add_rmsnorm), never through a bf16 GEMM
+// epilogue (cuBLASLt rounds A·Wᵀ to bf16 before adding C).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "attention/cuda_attention.h"
+#include "core/device_buffer.h"
+#include "io/model_config.h"
+#include "kernels/cuda/gemm.h"
+#include "kv_cache/kv_cache_cuda.h"
+#include "model/llama.h"
+#include "model/weight_source.h"
+
+namespace sagellm {
+
+class CudaStream {
+ public:
+  CudaStream();
+  ~CudaStream();
+  CudaStream(const CudaStream&) = delete;
+  CudaStream& operator=(const CudaStream&) = delete;
+  cudaStream_t get() const { return stream_; }
+  void synchronize() const;
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+class LlamaCudaModel {
+ public:
+  // Converts each tensor of `source` to bf16 and uploads it, one at a time. `max_rows`: the
+  // activation buffers are allocated for this many tokens per step up front (they grow if a step
+  // has more), so that the memory left for the KV cache is known after loading.
+  LlamaCudaModel(const WeightSource& source, int max_rows);
+
+  const io::ModelConfig& config() const { return config_; }
+  AttentionShape attention_shape() const;
+  size_t weight_bytes() const { return weight_bytes_; }
+  cudaStream_t stream() const { return stream_.get(); }
+
+  // As LlamaModel::forward: writes the new tokens' K/V into `cache` and returns float32 logits
+  // ([seqs][vocab] for kLastPerSeq, [tokens][vocab] for kAll). Synchronizes the stream.
+  std::vector<float> forward(const ForwardBatch& batch, GpuKVCache& cache, CudaAttention& attention,
+                             const ActivationObserver& observer = {});
+
+ private:
+  struct Layer {
+    DeviceBuffer<uint16_t> input_norm, qkv, o, post_norm, gate_up, down;  // bf16 bits
+  };
+  void ensure_rows(int rows);
+
+  io::ModelConfig config_;
+  CudaStream stream_;
+  gpu::Gemm gemm_;
+  DeviceBuffer<uint16_t> embed_, final_norm_, lm_head_;  // lm_head_ empty when tied
+  std::vector<Layer> layers_;
+  DeviceBuffer<float> inv_freq_;
+  size_t weight_bytes_ = 0;
+
+  // Per-step buffers, sized for `rows_` tokens.
+  int rows_ = 0;
+  DeviceBuffer<uint16_t> resid_, delta_, xn_, qkv_, att_, gate_up_, act_, sel_;
+  DeviceBuffer<float> logits_;
+  DeviceBuffer<int32_t> meta_;
+  std::vector<int32_t> meta_host_;
+};
+
+}  // namespace sagellm
