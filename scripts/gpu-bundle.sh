@@ -19,7 +19,15 @@ cp build/gpu/sagellm build/gpu/bench_flash_attention .device/bin/
 for t in build/gpu/tests/test_gpu_*; do
   [[ -x $t ]] && cp "$t" .device/bin/
 done
-for m in ${SAGELLM_GPU_MODELS:-stories260K llama31-tiny-random}; do
+# Shared libraries the binaries need beyond the CUDA driver, cuBLAS and the C library (e.g. the
+# HTTP server's cpp-httplib and its TLS/compression libraries) travel along in bin/lib.
+mkdir -p .device/bin/lib
+for f in .device/bin/*; do
+  [[ -f $f ]] || continue
+  ldd "$f" 2>/dev/null | awk '/=> \//{print $3}'
+done | sort -u | grep -vE '/(libc|libm|libdl|librt|libpthread|libcuda|libcublas|libcublasLt|ld-linux[^/]*)\.so' |
+  while read -r lib; do cp -L "$lib" .device/bin/lib/; done
+for m in ${SAGELLM_GPU_MODELS:-stories260K llama31-tiny-random llama-3.1-8b-shape}; do
   cp -r "$shared/models/$m" .device/shared/models/
   [[ -d $shared/golden/$m ]] && cp -r "$shared/golden/$m" .device/shared/golden/
 done

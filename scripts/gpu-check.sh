@@ -19,6 +19,7 @@ bin=${1:-}
 if [[ -z $bin ]]; then
   if [[ -d $root/.device/bin ]]; then bin=$root/.device/bin; else bin=$root/build/gpu/tests; fi
 fi
+if [[ -d $bin/lib ]]; then export LD_LIBRARY_PATH=$bin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; fi
 out=${2:-${OUT:-$root/gpu-results}}
 mkdir -p "$out"
 if [[ -d $root/.device/shared ]]; then export SAGELLM_SHARED_DIR=$root/.device/shared; fi
@@ -41,6 +42,22 @@ if [[ "${SAGELLM_SKIP_BENCH:-0}" != "1" ]]; then
     echo "== $(basename "$b")"
     "$b" 2>&1 | tee "$out/$(basename "$b").log"
   done
+  # End to end: the engine on the GPU with dummy Llama-3.1-8B weights, and the attention kernels
+  # through the CLI (SAGELLM_E2E=0 skips).
+  m8b=${SAGELLM_SHARED_DIR:-$root/../shared}/models/llama-3.1-8b-shape
+  if [[ -x $bin/sagellm && -d $m8b && "${SAGELLM_E2E:-1}" != "0" ]]; then
+    echo "== sagellm bench (dummy Llama-3.1-8B, batch 1, 1K context)"
+    "$bin/sagellm" bench --model "$m8b" --load-format dummy --device cuda --batch-sizes 1 \
+      --input-lens 1024 --output-len 128 --output "$out/bench_8b_b1_1k.json" 2>&1 |
+      tee "$out/bench_8b_b1_1k.log"
+    for causal in "" --causal; do
+      echo "== sagellm bench-attention flash B=4 H=32 D=128 $causal"
+      "$bin/sagellm" bench-attention --device cuda --backend flash --batch 4 --heads 32 \
+        --kv-heads 32 --head-dim 128 --seq-lens 4096,8192,16384 $causal \
+        --output "$out/bench_attention_flash${causal:+_causal}.json" 2>&1 |
+        tee "$out/bench_attention_flash${causal:+_causal}.log"
+    done
+  fi
   if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     echo "== bench/peers/sdpa_bench.py"
     python3 "$root/bench/peers/sdpa_bench.py" --json "$out/peers_sdpa.json" 2>&1 | tee "$out/peers_sdpa.log"

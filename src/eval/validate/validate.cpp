@@ -8,14 +8,11 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/build_info.h"
 #include "core/error.h"
 #include "eval/validate/passkey.h"
 #include "eval/validate/session.h"
 #include "io/model_config.h"
-
-#ifndef SAGELLM_GIT_COMMIT
-#define SAGELLM_GIT_COMMIT "unknown"
-#endif
 
 namespace sagellm::eval::validate {
 
@@ -211,8 +208,8 @@ json run_validate(ValidateOptions options) {
 
   json report;
   report["tool"] = "sagellm validate";
-  report["sagellm_version"] = SAGELLM_VERSION;
-  report["git_commit"] = SAGELLM_GIT_COMMIT;
+  report["sagellm_version"] = std::string(version());
+  report["git_commit"] = std::string(git_commit());
   report["command_line"] = options.command_line;
   report["started_at"] = utc_now();
   report["device"] = {{"kind", options.engine.device},
