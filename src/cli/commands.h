@@ -4,7 +4,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <functional>
 
 namespace sagellm::cli {
@@ -17,5 +16,9 @@ Action add_tokenize(CLI::App& root);
 Action add_logits(CLI::App& root);
 Action add_perplexity(CLI::App& root);
 Action add_validate(CLI::App& root);
+Action add_bench(CLI::App& root);
+Action add_bench_attention(CLI::App& root);
+Action add_serve(CLI::App& root);
+Action add_bench_serving(CLI::App& root);
 
 }  // namespace sagellm::cli

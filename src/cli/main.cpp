@@ -18,8 +18,11 @@ int run(int argc, char** argv) {
 
   using Adder = sagellm::cli::Action (*)(CLI::App&);
   const Adder adders[] = {
-      &sagellm::cli::add_generate,   &sagellm::cli::add_tokenize, &sagellm::cli::add_logits,
-      &sagellm::cli::add_perplexity, &sagellm::cli::add_validate,
+      &sagellm::cli::add_generate,        &sagellm::cli::add_tokenize,
+      &sagellm::cli::add_logits,          &sagellm::cli::add_perplexity,
+      &sagellm::cli::add_validate,        &sagellm::cli::add_bench,
+      &sagellm::cli::add_bench_attention, &sagellm::cli::add_serve,
+      &sagellm::cli::add_bench_serving,
   };
   std::vector<std::pair<CLI::App*, sagellm::cli::Action>> actions;
   for (Adder add : adders) {
