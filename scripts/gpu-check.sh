@@ -35,32 +35,22 @@ for t in "$bin"/test_gpu_*; do
   echo "$name exit $rc"
   [[ $rc -eq 0 ]] || status=1
 done
-# Benchmarks: ours, then the peers on the same shapes in the same run.
-if [[ "${SAGELLM_SKIP_BENCH:-0}" != "1" ]]; then
-  for b in "$bin"/bench_*; do
-    [[ -x $b ]] || continue
-    echo "== $(basename "$b")"
-    "$b" 2>&1 | tee "$out/$(basename "$b").log"
-  done
-  # End to end: the engine on the GPU with dummy Llama-3.1-8B weights, and the attention kernels
-  # through the CLI (SAGELLM_E2E=0 skips).
+# Benchmarks: ours, then the peers on the same shapes in the same run (SAGELLM_SKIP_BENCH=1 skips).
+if [[ "${SAGELLM_SKIP_BENCH:-0}" != "1" && -x $bin/sagellm ]]; then
+  # End to end: the engine on the GPU with dummy Llama-3.1-8B weights, and transformers on the
+  # same shape.
   m8b=${SAGELLM_SHARED_DIR:-$root/../shared}/models/llama-3.1-8b-shape
-  if [[ -x $bin/sagellm && -d $m8b && "${SAGELLM_E2E:-1}" != "0" ]]; then
-    echo "== sagellm bench (dummy Llama-3.1-8B, batch 1, 1K context)"
-    "$bin/sagellm" bench --model "$m8b" --load-format dummy --device cuda --batch-sizes 1 \
-      --input-lens 1024 --output-len 128 --output "$out/bench_8b_b1_1k.json" 2>&1 |
-      tee "$out/bench_8b_b1_1k.log"
-    for causal in "" --causal; do
-      echo "== sagellm bench-attention flash B=4 H=32 D=128 $causal"
-      "$bin/sagellm" bench-attention --device cuda --backend flash --batch 4 --heads 32 \
-        --kv-heads 32 --head-dim 128 --seq-lens 4096,8192,16384 $causal \
-        --output "$out/bench_attention_flash${causal:+_causal}.json" 2>&1 |
-        tee "$out/bench_attention_flash${causal:+_causal}.log"
-    done
-  fi
+  echo "== sagellm bench (dummy Llama-3.1-8B, batch 1, 1K context)"
+  "$bin/sagellm" bench --model "$m8b" --load-format dummy --device cuda --batch-sizes 1 \
+    --input-lens 1024 --output-len 128 --output "$out/bench_8b_b1_1k.json" 2>&1 |
+    tee "$out/bench_8b_b1_1k.log"
   if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-    echo "== bench/peers/sdpa_bench.py"
-    python3 "$root/bench/peers/sdpa_bench.py" --json "$out/peers_sdpa.json" 2>&1 | tee "$out/peers_sdpa.log"
+    echo "== bench/peers/hf_decode_bench.py (transformers, same shape)"
+    python3 "$root/bench/peers/hf_decode_bench.py" --config-dir "$m8b" --batch 1 \
+      --input-len 1024 --output-len 32 --repeats 2 --json "$out/peer_hf_8b_b1_1k.json" 2>&1 |
+      tee "$out/peer_hf_8b_b1_1k.log"
+    # Attention kernels against PyTorch SDPA (cuDNN, FlashAttention) on the same shapes.
+    bash "$root/bench/attention_vs_sdpa.sh" "$bin/sagellm" "$out" || status=1
   fi
 fi
 exit $status

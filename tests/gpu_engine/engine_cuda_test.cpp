@@ -23,7 +23,7 @@ namespace {
 using testing::model_dir;
 using testing::shared_dir;
 
-#define SKIP_WITHOUT_GPU()                                              \
+#define SKIP_WITHOUT_GPU() \
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU present"
 
 std::vector<int32_t> read_ids(const io::SafetensorsFile& f, const std::string& name) {
@@ -53,6 +53,7 @@ EngineOptions cuda_options(const std::filesystem::path& dir) {
 // Mean KL(ref || got) per row, max |got - ref| and the fraction of rows with the same argmax.
 struct LogitDiff {
   double mean_kl = 0, max_kl = 0, max_abs = 0, same_top1 = 0;
+  double max_ref = 0;  // max |ref logit|, the scale of max_abs
 };
 
 LogitDiff compare(const float* ref, const float* got, size_t rows, size_t vocab) {
@@ -72,6 +73,7 @@ LogitDiff compare(const float* ref, const float* got, size_t rows, size_t vocab)
       const double la = a[i] - ma - std::log(za), lb = b[i] - mb - std::log(zb);
       kl += std::exp(la) * (la - lb);
       d.max_abs = std::max(d.max_abs, static_cast<double>(std::fabs(a[i] - b[i])));
+      d.max_ref = std::max(d.max_ref, static_cast<double>(std::fabs(a[i])));
     }
     d.mean_kl += kl / static_cast<double>(rows);
     d.max_kl = std::max(d.max_kl, kl);
@@ -93,13 +95,15 @@ TEST(CudaEngine, Stories260KLogitsMatchGoldenWithinBf16) {
     ASSERT_EQ(got.size(), want.size());
     const LogitDiff d = compare(want.data(), got.data(), ids.size(), 512);
     std::printf(
-        "stories260K cuda %-12s %4zu tokens: max |dlogit| %.4f, mean KL %.3e, max KL %.3e, same "
-        "top-1 %.1f%%\n",
-        prompt, ids.size(), d.max_abs, d.mean_kl, d.max_kl, 100 * d.same_top1);
+        "stories260K cuda %-12s %4zu tokens: max |dlogit| %.4f (max |logit| %.1f), mean KL %.3e, "
+        "max KL %.3e, same top-1 %.1f%%\n",
+        prompt, ids.size(), d.max_abs, d.max_ref, d.mean_kl, d.max_kl, 100 * d.same_top1);
     worst_kl = std::max(worst_kl, d.mean_kl);
     // bf16 activations: the bf16 SDPA floor on this model is a mean KLD of 1.5e-3 (shared/README).
-    EXPECT_LE(d.mean_kl, 3e-3) << prompt;
-    EXPECT_LE(d.max_abs, 0.25) << prompt;
+    // Logit errors grow with the logits' size (bf16 keeps 8 significant bits) and with the
+    // number of positions attended over.
+    EXPECT_LE(d.mean_kl, 1.5e-3) << prompt;
+    EXPECT_LE(d.max_abs, 0.1 * d.max_ref) << prompt;
     EXPECT_GE(d.same_top1, 0.95) << prompt;
   }
   EXPECT_GT(worst_kl, 0.0);  // bf16 really differs from the fp32 golden
@@ -153,10 +157,12 @@ TEST(CudaEngine, Llama31TinyRandomLongPositions) {
                all.begin() + static_cast<int64_t>(p + 1) * 512);
   }
   const LogitDiff d = compare(want.data(), got.data(), positions.size(), 512);
-  std::printf("llama31-tiny-random cuda, 48 positions up to 8191: max |dlogit| %.4f, mean KL %.3e\n",
-              d.max_abs, d.mean_kl);
-  EXPECT_LE(d.mean_kl, 1e-3);
-  EXPECT_LE(d.max_abs, 0.1);
+  std::printf(
+      "llama31-tiny-random cuda, 48 positions up to 8191: max |dlogit| %.4f (max |logit| %.2f), "
+      "mean KL %.3e\n",
+      d.max_abs, d.max_ref, d.mean_kl);
+  EXPECT_LE(d.mean_kl, 2e-3);
+  EXPECT_LE(d.max_abs, 0.1 * d.max_ref);
 }
 
 // A directory holding the Llama-3.1-8B config cut to `layers` layers (dummy weights need no more).
@@ -164,9 +170,9 @@ std::filesystem::path cut_config(const std::string& model, int layers) {
   std::ifstream in(model_dir(model) / "config.json");
   nlohmann::json c = nlohmann::json::parse(in);
   c["num_hidden_layers"] = layers;
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("sagellm_" + model + "_" + std::to_string(layers) + "l_" +
-                    std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() /
+      ("sagellm_" + model + "_" + std::to_string(layers) + "l_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "config.json") << c.dump();
   return dir;

@@ -145,9 +145,8 @@ void check_gemm(gpu::Gemm& gemm, const GemmCase& c, uint64_t seed) {
           c.accumulate && c.out == DType::kBF16
               ? testing::kBf16RoundingError * (std::fabs(s) + std::fabs(add))
               : 0.0;
-      bound.push_back(c.out == DType::kBF16
-                          ? testing::bf16_output_bound(r, e32) + operand_rounding
-                          : e32 + 1e-30);
+      bound.push_back(c.out == DType::kBF16 ? testing::bf16_output_bound(r, e32) + operand_rounding
+                                            : e32 + 1e-30);
     }
   }
   testing::expect_within_bounds(what, testing::compare(got, ref, bound), got, ref);
@@ -171,6 +170,37 @@ TEST_F(GemmGpu, DecodeShapes) {
   check_gemm(gemm, {1, 32000, 64, DType::kF32}, 52);          // LM head to fp32 logits
   check_gemm(gemm, {1, 3, 5}, 53);                            // tiny
   check_gemm(gemm, {1, 4096, 1024, DType::kBF16, true}, 54);  // o_proj into the residual
+}
+
+// M <= 8 runs the GEMV kernel (gemv.cuh); the same bounds hold, and cuBLASLt on the same cases
+// (set_small_m_kernel(false)) is checked alongside.
+TEST_F(GemmGpu, SmallMGemvShapes) {
+  for (bool gemv : {true, false}) {
+    gpu::Gemm gemm;
+    gemm.set_small_m_kernel(gemv);
+    check_gemm(gemm, {1, 14336 * 2, 4096}, 91);                         // gate/up of an 8B layer
+    check_gemm(gemm, {2, 4096, 14336}, 92);                             // down
+    check_gemm(gemm, {3, 1001, 4104, DType::kF32}, 93);                 // k not a multiple of 256
+    check_gemm(gemm, {8, 130, 520, DType::kF32, false, 528, 140}, 94);  // strided A and C
+    check_gemm(gemm, {5, 7, 8}, 95);                                    // fewer rows than a CTA
+    check_gemm(gemm, {4, 128256, 64, DType::kF32}, 96);                 // LM head of a small model
+  }
+}
+
+TEST_F(GemmGpu, SmallMRowsDoNotDependOnM) {
+  gpu::Gemm gemm;
+  const GemmCase big{8, 4096, 4096, DType::kF32};
+  const GemmData d = make_data(big, 97);
+  const std::vector<float> all = run_gpu(gemm, big, d);
+  for (int m : {1, 3, 5}) {
+    GemmCase c = big;
+    c.m = m;
+    GemmData part = d;
+    part.a.resize(size_t(m) * 4096);
+    part.c0.resize(size_t(m) * 4096);
+    const std::vector<float> got = run_gpu(gemm, c, part);
+    EXPECT_EQ(got, std::vector<float>(all.begin(), all.begin() + long(m) * 4096)) << m;
+  }
 }
 
 TEST_F(GemmGpu, PrefillAndOddShapes) {

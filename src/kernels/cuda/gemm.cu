@@ -7,6 +7,7 @@
 #include "core/cuda_check.h"
 #include "core/device_buffer.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/kernel_util.cuh"
 
 namespace sagellm::gpu {
@@ -161,6 +162,21 @@ void Gemm::run(const GemmArgs& args, cudaStream_t stream) {
   if (args.m == 0) return;
   SAGELLM_GPU_REQUIRE(args.a != nullptr && args.w != nullptr && args.c != nullptr,
                       "gemm: null pointer");
+  // Decode-sized M: the bandwidth-bound GEMV kernel, when it takes the case.
+  GemvArgs gv;
+  gv.a = args.a;
+  gv.w = args.w;
+  gv.c = args.c;
+  gv.c_f32 = args.c_dtype == DType::kF32;
+  gv.m = args.m;
+  gv.n = args.n;
+  gv.k = args.k;
+  gv.lda = lda;
+  gv.ldc = ldc;
+  if (use_gemv_ && gemv_supports(gv, args.accumulate)) {
+    SAGELLM_CUDA_CHECK(gemv_launch(gv, stream));
+    return;
+  }
   PlanKey key{args.m,
               args.n,
               args.k,

@@ -56,9 +56,15 @@ class Gemm {
   size_t workspace_bytes() const;
   size_t cached_plans() const;
 
+  // For M <= 8 (decode) run() uses sagellm's GEMV kernel, which reads W at close to full
+  // bandwidth and gives each row of C the same bits whatever M is; off, cuBLASLt runs every case
+  // (for comparisons).
+  void set_small_m_kernel(bool on) { use_gemv_ = on; }
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  bool use_gemv_ = true;
 };
 
 }  // namespace sagellm::gpu

@@ -1,0 +1,36 @@
+// Small-M Linear layers (decode: M tokens of at most kGemvMaxRows), C[m][n] = A[m][k] · W[n][k]^T,
+// with W streamed from memory once at close to full bandwidth. cuBLASLt's kernels for M = 1..8
+// leave a fifth of the bandwidth unused; this one keeps 16 bytes x kUnroll x kRowsPerWarp loads
+// in flight per thread.
+//
+// Numerics: fp32 accumulation; each lane sums its k-chunks in increasing k, then a fixed
+// butterfly reduction over the warp; one rounding at the store. The order depends on k alone, so
+// row m of C is the same bits whatever M is: a request's logits do not depend on its batch.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace sagellm::gpu {
+
+inline constexpr int kGemvMaxRows = 8;
+
+struct GemvArgs {
+  const __nv_bfloat16* a = nullptr;  // [m][lda]
+  const __nv_bfloat16* w = nullptr;  // [n][k]
+  void* c = nullptr;                 // [m][ldc], bf16 or fp32
+  bool c_f32 = false;
+  int m = 0, n = 0, k = 0;
+  int64_t lda = 0, ldc = 0;
+};
+
+// True when the GEMV kernel takes this case: 1 <= m <= kGemvMaxRows, k a multiple of 8, lda a
+// multiple of 8, A and W 16-byte aligned, no accumulation. The one place that decides.
+bool gemv_supports(const GemvArgs& args, bool accumulate);
+
+// Launches on `stream`; returns the launch status.
+cudaError_t gemv_launch(const GemvArgs& args, cudaStream_t stream);
+
+}  // namespace sagellm::gpu
