@@ -56,7 +56,7 @@ class Gemm {
   size_t workspace_bytes() const;
   size_t cached_plans() const;
 
-  // For M <= 8 (decode) run() uses sagellm's GEMV kernel, which reads W at close to full
+  // For M <= 4 (decode) run() uses sagellm's GEMV kernel, which reads W at close to full
   // bandwidth and gives each row of C the same bits whatever M is; off, cuBLASLt runs every case
   // (for comparisons).
   void set_small_m_kernel(bool on) { use_gemv_ = on; }

@@ -52,16 +52,17 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
     for (int u = 0; u < kUnroll; ++u) {
       const int kk = base + u * kChunk;
       if (kk >= p.k) break;
+      float wf[kRowsPerWarp][8];
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) unpack8(wv[u][r], wf[r]);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float av[8];
         unpack8(__ldg(reinterpret_cast<const uint4*>(p.a + m * p.lda + kk)), av);
 #pragma unroll
         for (int r = 0; r < kRowsPerWarp; ++r) {
-          float wf[8];
-          unpack8(wv[u][r], wf);
 #pragma unroll
-          for (int j = 0; j < 8; ++j) acc[m][r] = fmaf(av[j], wf[j], acc[m][r]);
+          for (int j = 0; j < 8; ++j) acc[m][r] = fmaf(av[j], wf[r][j], acc[m][r]);
         }
       }
     }
