@@ -36,6 +36,17 @@ class CudaAttention {
   // Validates the batch (throws sagellm::Error) and enqueues its metadata on `stream`.
   virtual void plan(const AttentionShape& shape, const AttentionBatch& batch, int page_size,
                     CUstream_st* stream) = 0;
+  // For decode steps replayed from a CUDA graph: plans a batch of one new token per request with
+  // launch dimensions and buffer addresses that depend only on the number of requests and on
+  // `max_pages` (the block-table width, at least every request's page count), so that one graph
+  // captured for that pair serves every later step with it. Returns false, planning nothing,
+  // when the backend cannot (the caller then uses plan()). Outputs are the bits plan() gives.
+  virtual bool plan_fixed_decode(const AttentionShape& shape, const AttentionBatch& batch,
+                                 int page_size, int max_pages, CUstream_st* stream) {
+    return false;
+  }
+  // Changes whenever the backend reallocates a buffer that a captured graph may point to.
+  virtual uint64_t buffer_epoch() const { return 0; }
   // q: rows of num_heads * head_dim bf16 values with row stride q_row_stride (elements, so q may
   // be a view into fused QKV rows); out: dense [rows][num_heads * head_dim] bf16. Uses the last
   // plan.

@@ -17,6 +17,7 @@
 #include "cli/command_line.h"
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
+#include "cli/results_output.h"
 #include "core/build_info.h"
 #include "core/error.h"
 #include "core/logging.h"
@@ -347,17 +348,7 @@ int run_bench(BenchArgs& a) {
   progress.finish();
   j["memory"] = memory_json(e.memory());
   j["peak_rss_bytes"] = eval::validate::peak_rss_bytes();
-  if (!a.output.empty()) {
-    std::ofstream f(a.output, std::ios::binary | std::ios::trunc);
-    SAGELLM_CHECK(f.good(), "cannot write --output {}", a.output);
-    f << j.dump(2) << "\n";
-    SAGELLM_CHECK(f.good(), "cannot write --output {}", a.output);
-  }
-  if (a.json) {
-    std::printf("%s\n", j.dump(2).c_str());
-  } else {
-    print_table(j);
-  }
+  emit_results(j, a.output, a.json, print_table);
   return 0;
 }
 

@@ -22,6 +22,7 @@
 
 #include "cli/command_line.h"
 #include "cli/commands.h"
+#include "cli/results_output.h"
 #include "core/build_info.h"
 #include "core/dtype.h"
 #include "core/error.h"
@@ -342,17 +343,7 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   progress.finish();
   j["device_name"] = device;
   j["timing_method"] = method;
-  if (!a.output.empty()) {
-    std::ofstream f(a.output, std::ios::binary | std::ios::trunc);
-    SAGELLM_CHECK(f.good(), "cannot write --output {}", a.output);
-    f << j.dump(2) << "\n";
-    SAGELLM_CHECK(f.good(), "cannot write --output {}", a.output);
-  }
-  if (a.json) {
-    std::printf("%s\n", j.dump(2).c_str());
-  } else {
-    print_table(j);
-  }
+  emit_results(j, a.output, a.json, print_table);
   return 0;
 }
 

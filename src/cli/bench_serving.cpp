@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "cli/results_output.h"
 #include "core/error.h"
 
 namespace sagellm::cli {
@@ -28,16 +29,9 @@ int run_bench_serving(const BenchServingArgs& a) {
   };
   const nlohmann::json result = server::run_bench_serving(a.options, progress);
   if (tty) std::fprintf(stderr, "\n");
-  if (!a.output.empty()) {
-    std::ofstream f(a.output);
-    SAGELLM_CHECK(f.good(), "cannot write --output {}", a.output);
-    f << result.dump(2) << "\n";
-  }
-  if (a.json) {
-    std::printf("%s\n", result.dump().c_str());
-  } else {
-    std::printf("%s", server::format_bench_serving(result).c_str());
-  }
+  emit_results(result, a.output, a.json, [](const nlohmann::json& r) {
+    std::printf("%s", server::format_bench_serving(r).c_str());
+  });
   return result["completed"].get<int>() == a.options.num_prompts ? 0 : 1;
 }
 

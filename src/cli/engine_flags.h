@@ -21,6 +21,8 @@ inline void add_engine_flags(CLI::App& app, EngineOptions& o) {
          "KV cache storage: auto (int8 for sage_attn, exact otherwise) | bf16 | fp32 | int8")
       ->capture_default_str();
   app.add_option("--device", o.device, "Execution device: cpu | cuda")->capture_default_str();
+  app.add_flag("--disable-cuda-graph", o.disable_cuda_graph,
+               "GPU: launch decode steps directly instead of replaying CUDA graphs");
   app.add_option("--mem-fraction-static", o.mem_fraction_static,
                  "GPU: fraction of GPU memory for weights and the KV cache (the cache takes what "
                  "the weights leave)")

@@ -74,6 +74,7 @@ class CudaRunner final : public ModelRunner {
     const std::string why = attention_->unsupported_reason(model_.attention_shape(), o.page_size);
     SAGELLM_CHECK(why.empty(), "attention backend {} cannot run this model on the GPU: {}",
                   attention_->name(), why);
+    model_.set_cuda_graphs(!o.disable_cuda_graph);
     SAGELLM_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
@@ -88,6 +89,7 @@ class CudaRunner final : public ModelRunner {
                              const ActivationObserver& observer) override {
     return model_.forward(batch, cache_, *attention_, observer);
   }
+  size_t cuda_graphs_captured() const override { return model_.cuda_graphs_captured(); }
   EngineMemory memory() const override {
     EngineMemory m;
     m.device = "cuda";

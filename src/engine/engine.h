@@ -32,6 +32,7 @@ struct EngineOptions {
   int64_t kv_cache_tokens = 0;              // 0: max(context length, 8192) within the budget
   size_t kv_cache_bytes = size_t{1} << 30;  // CPU memory budget for the cache
   double mem_fraction_static = 0.85;        // GPU: fraction of memory for weights + KV cache
+  bool disable_cuda_graph = false;          // GPU: launch decode steps directly, not from graphs
   int64_t context_length = 0;               // 0: the model's max_position_embeddings
   int prefill_chunk = 2048;                 // tokens per forward step when prefilling
 };
@@ -95,6 +96,7 @@ class Engine {
   // Token ids that end generation: the tokenizer's EOS ids and config.json's eos_token_id.
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
   EngineMemory memory() const;
+  size_t cuda_graphs_captured() const { return runner_->cuda_graphs_captured(); }
 
  private:
   struct Slot {

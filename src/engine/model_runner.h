@@ -43,6 +43,8 @@ class ModelRunner {
   virtual std::vector<float> forward(const ForwardBatch& batch,
                                      const ActivationObserver& observer) = 0;
   virtual EngineMemory memory() const = 0;
+  // CUDA graphs captured so far for decode steps (0 on the CPU).
+  virtual size_t cuda_graphs_captured() const { return 0; }
   // The CPU model and cache, for measurements that drive them directly (validate); null on the GPU.
   virtual const LlamaModel* cpu_model() const { return nullptr; }
   virtual const PagedKVCache* cpu_cache() const { return nullptr; }

@@ -34,14 +34,18 @@ size_t checked_product(std::initializer_list<int> dims) {
 
 }  // namespace
 
-PagedKVCache::PagedKVCache(const KVCacheShape& shape, KVCacheDType dtype)
-    : shape_(shape), dtype_(dtype), pages_(std::max(shape.num_pages, 1)) {
+void validate_kv_cache_shape(const KVCacheShape& shape) {
   SAGELLM_CHECK(shape.num_layers > 0 && shape.num_kv_heads > 0 && shape.head_dim > 0 &&
                     shape.page_size > 0 && shape.num_pages > 0,
                 "invalid KV cache shape: layers {}, kv heads {}, head_dim {}, page_size {}, "
                 "pages {} (all must be positive)",
                 shape.num_layers, shape.num_kv_heads, shape.head_dim, shape.page_size,
                 shape.num_pages);
+}
+
+PagedKVCache::PagedKVCache(const KVCacheShape& shape, KVCacheDType dtype)
+    : shape_(shape), dtype_(dtype), pages_(std::max(shape.num_pages, 1)) {
+  validate_kv_cache_shape(shape);
   SAGELLM_CHECK(dtype == KVCacheDType::kFloat || dtype == KVCacheDType::kInt8,
                 "invalid KV cache dtype");
   const size_t elems = checked_product(

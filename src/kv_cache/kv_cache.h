@@ -30,6 +30,9 @@ struct KVCacheShape {
   int num_pages = 0;
 };
 
+// Throws sagellm::Error unless every dimension of the shape is positive.
+void validate_kv_cache_shape(const KVCacheShape& shape);
+
 // A sealed 8-bit page of one layer and one KV head.
 struct QuantizedKVPageView {
   const int8_t* k = nullptr;      // [page_size][head_dim], (k - k_mean) / k_scale rounded

@@ -10,12 +10,7 @@ size_t GpuKVCache::bytes_per_token(const KVCacheShape& s) {
 
 GpuKVCache::GpuKVCache(const KVCacheShape& shape)
     : shape_(shape), pages_(std::max(shape.num_pages, 1)) {
-  SAGELLM_CHECK(shape.num_layers > 0 && shape.num_kv_heads > 0 && shape.head_dim > 0 &&
-                    shape.page_size > 0 && shape.num_pages > 0,
-                "invalid KV cache shape: layers {}, kv heads {}, head_dim {}, page_size {}, "
-                "pages {} (all must be positive)",
-                shape.num_layers, shape.num_kv_heads, shape.head_dim, shape.page_size,
-                shape.num_pages);
+  validate_kv_cache_shape(shape);
   const auto elems = static_cast<size_t>(shape.num_layers) * static_cast<size_t>(layer_elems());
   k_ = DeviceBuffer<uint16_t>(elems);
   v_ = DeviceBuffer<uint16_t>(elems);

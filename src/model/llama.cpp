@@ -64,14 +64,16 @@ LlamaModel LlamaModel::from_weights(const WeightSource& src) {
   return LlamaModel(c, std::move(w));
 }
 
-AttentionShape LlamaModel::attention_shape() const {
+AttentionShape llama_attention_shape(const io::ModelConfig& c) {
   AttentionShape s;
-  s.num_heads = config_.num_heads;
-  s.num_kv_heads = config_.num_kv_heads;
-  s.head_dim = config_.head_dim;
-  s.sm_scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
+  s.num_heads = c.num_heads;
+  s.num_kv_heads = c.num_kv_heads;
+  s.head_dim = c.head_dim;
+  s.sm_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   return s;
 }
+
+AttentionShape LlamaModel::attention_shape() const { return llama_attention_shape(config_); }
 
 size_t LlamaModel::weight_bytes() const {
   size_t n = w_.embed.size() + w_.final_norm.size() + w_.lm_head.size();

@@ -54,6 +54,9 @@ using ActivationObserver = std::function<void(const LayerActivations&)>;
 
 class WeightSource;
 
+// The attention problem of a Llama config: heads, KV heads, head_dim, sm_scale 1/sqrt(head_dim).
+AttentionShape llama_attention_shape(const io::ModelConfig& config);
+
 class LlamaModel {
  public:
   // Loads config.json and the safetensors weights of MODEL_DIR (converted to float32).

@@ -96,14 +96,7 @@ LlamaCudaModel::LlamaCudaModel(const WeightSource& src, int max_rows) : config_(
   ensure_rows(std::max(max_rows, 1));
 }
 
-AttentionShape LlamaCudaModel::attention_shape() const {
-  AttentionShape s;
-  s.num_heads = config_.num_heads;
-  s.num_kv_heads = config_.num_kv_heads;
-  s.head_dim = config_.head_dim;
-  s.sm_scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
-  return s;
-}
+AttentionShape LlamaCudaModel::attention_shape() const { return llama_attention_shape(config_); }
 
 void LlamaCudaModel::ensure_rows(int rows) {
   if (rows <= rows_) return;
@@ -125,7 +118,19 @@ void LlamaCudaModel::ensure_rows(int rows) {
   act_ = DeviceBuffer<uint16_t>(r * inter);
   logits_ = DeviceBuffer<float>(std::min<size_t>(r, kLogitsChunkRows) *
                                 static_cast<size_t>(c.vocab_size));
+  meta_.reset();
+  meta_ = DeviceBuffer<int32_t>(5 * r);  // ids, positions, pages, slots, logits rows
   rows_ = rows;
+  ++epoch_;
+}
+
+LlamaCudaModel::~LlamaCudaModel() { clear_graphs(); }
+
+void LlamaCudaModel::clear_graphs() {
+  for (auto& [key, g] : graphs_) {
+    if (g.exec != nullptr) (void)cudaGraphExecDestroy(g.exec);
+  }
+  graphs_.clear();
 }
 
 std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache& cache,
@@ -133,11 +138,10 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
                                            const ActivationObserver& observer) {
   const io::ModelConfig& c = config_;
   const int rows = static_cast<int>(batch.tokens.size());
-  const int h = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const int inter = c.intermediate_size, vocab = c.vocab_size;
-  const int qkv_dim = (nh + 2 * nkv) * d;
+  const int vocab = c.vocab_size;
   const KVCacheShape& ks = cache.shape();
-  SAGELLM_CHECK(ks.num_layers == c.num_layers && ks.num_kv_heads == nkv && ks.head_dim == d,
+  SAGELLM_CHECK(ks.num_layers == c.num_layers && ks.num_kv_heads == c.num_kv_heads &&
+                    ks.head_dim == c.head_dim,
                 "KV cache shape does not match the model");
   const ForwardRows fr = plan_forward_rows(batch, c, ks.page_size, ks.num_pages);
   const int n_out = static_cast<int>(fr.logits_rows.size());
@@ -145,7 +149,20 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
   if (rows == 0) return logits;
   const cudaStream_t s = stream_.get();
   ensure_rows(rows);
-  attention.plan(attention_shape(), batch.attention, ks.page_size, s);
+
+  // A decode step can be replayed from a graph keyed by its size and block-table width (a power
+  // of two, so a growing context recaptures rarely).
+  bool decode = use_graphs_ && !observer && rows <= kMaxGraphBatch &&
+                batch.logits_mode == LogitsMode::kLastPerSeq &&
+                batch.attention.seqs.size() == static_cast<size_t>(rows);
+  int width = 1;
+  for (const AttentionSeq& q : batch.attention.seqs) {
+    decode = decode && q.q_len == 1;
+    while (static_cast<int64_t>(width) * ks.page_size < q.kv_len) width *= 2;
+  }
+  decode = decode &&
+           attention.plan_fixed_decode(attention_shape(), batch.attention, ks.page_size, width, s);
+  if (!decode) attention.plan(attention_shape(), batch.attention, ks.page_size, s);
 
   // One upload for the per-token metadata: ids, positions, pages, slots, logits rows.
   meta_host_.clear();
@@ -153,8 +170,74 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
   for (const auto* v : {&fr.position, &fr.page, &fr.slot, &fr.logits_rows}) {
     meta_host_.insert(meta_host_.end(), v->begin(), v->end());
   }
-  ensure_capacity(meta_, meta_host_.size());
   meta_.upload_async(meta_host_, s);
+
+  if (decode) {
+    const std::pair<int, int> key{rows, width};
+    auto it = graphs_.find(key);
+    if (it != graphs_.end() && (it->second.model_epoch != epoch_ ||
+                                it->second.attention_epoch != attention.buffer_epoch())) {
+      (void)cudaGraphExecDestroy(it->second.exec);
+      graphs_.erase(it);
+      it = graphs_.end();
+    }
+    if (it == graphs_.end() && seen_.count(key) > 0) {
+      Graph g;
+      cudaGraph_t graph = nullptr;
+      SAGELLM_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+      try {
+        enqueue_step(cache, attention, rows, n_out, observer);
+      } catch (...) {
+        (void)cudaStreamEndCapture(s, &graph);
+        if (graph != nullptr) (void)cudaGraphDestroy(graph);
+        throw;
+      }
+      SAGELLM_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+      const cudaError_t err = cudaGraphInstantiate(&g.exec, graph, 0);
+      (void)cudaGraphDestroy(graph);
+      SAGELLM_CUDA_CHECK(err);
+      g.model_epoch = epoch_;
+      g.attention_epoch = attention.buffer_epoch();
+      it = graphs_.emplace(key, g).first;
+      ++graphs_captured_;
+    }
+    if (it != graphs_.end()) {
+      SAGELLM_CUDA_CHECK(cudaGraphLaunch(it->second.exec, s));
+    } else {
+      seen_.insert(key);
+      enqueue_step(cache, attention, rows, n_out, observer);
+    }
+    logits_.download_async(std::span<float>(logits.data(), logits.size()), s);
+    stream_.synchronize();
+    return logits;
+  }
+
+  enqueue_step(cache, attention, rows, n_out, observer);
+  const bf16* head = lm_head_.empty() ? bf(embed_) : bf(lm_head_);
+  const bf16* normed = n_out != rows ? bf(sel_) : bf(xn_);  // as enqueue_step chose
+  for (int r0 = 0; r0 < n_out; r0 += kLogitsChunkRows) {
+    const int m = std::min(kLogitsChunkRows, n_out - r0);
+    // The first chunk was computed by enqueue_step.
+    if (r0 > 0) {
+      gemm_.linear(normed + static_cast<int64_t>(r0) * c.hidden_size, head, logits_.data(), m,
+                   vocab, c.hidden_size, s);
+    }
+    logits_.download_async(std::span<float>(logits.data() + static_cast<size_t>(r0) * vocab,
+                                            static_cast<size_t>(m) * vocab),
+                           s);
+  }
+  stream_.synchronize();
+  return logits;
+}
+
+void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, int rows, int n_out,
+                                  const ActivationObserver& observer) {
+  const io::ModelConfig& c = config_;
+  const int h = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int inter = c.intermediate_size, vocab = c.vocab_size;
+  const int qkv_dim = (nh + 2 * nkv) * d;
+  const KVCacheShape& ks = cache.shape();
+  const cudaStream_t s = stream_.get();
   const int32_t* d_ids = meta_.data();
   const int32_t* d_pos = d_ids + rows;
   const int32_t* d_page = d_pos + rows;
@@ -232,22 +315,15 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
     }
   }
   gpu::add_rmsnorm(resid, delta, bf(final_norm_), xn, rows, h, eps, s);
+  // Gather the rows whose logits are wanted (the embedding kernel is a row gather); with every
+  // row wanted they are xn itself.
   const bf16* normed = xn;
-  if (batch.logits_mode != LogitsMode::kAll) {
-    // Gather the rows whose logits are wanted (the embedding kernel is a row gather).
+  if (n_out != rows) {
     gpu::embedding(xn, rows, h, d_out_rows, n_out, bf(sel_), s);
     normed = bf(sel_);
   }
   const bf16* head = lm_head_.empty() ? bf(embed_) : bf(lm_head_);
-  for (int r0 = 0; r0 < n_out; r0 += kLogitsChunkRows) {
-    const int m = std::min(kLogitsChunkRows, n_out - r0);
-    gemm_.linear(normed + static_cast<int64_t>(r0) * h, head, logits_.data(), m, vocab, h, s);
-    logits_.download_async(std::span<float>(logits.data() + static_cast<size_t>(r0) * vocab,
-                                            static_cast<size_t>(m) * vocab),
-                           s);
-  }
-  stream_.synchronize();
-  return logits;
+  gemm_.linear(normed, head, logits_.data(), std::min(kLogitsChunkRows, n_out), vocab, h, s);
 }
 
 }  // namespace sagellm

@@ -14,7 +14,10 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <set>
+#include <utility>
 #include <vector>
 
 #include "attention/cuda_attention.h"
@@ -46,6 +49,9 @@ class LlamaCudaModel {
   // activation buffers are allocated for this many tokens per step up front (they grow if a step
   // has more), so that the memory left for the KV cache is known after loading.
   LlamaCudaModel(const WeightSource& source, int max_rows);
+  ~LlamaCudaModel();
+  LlamaCudaModel(const LlamaCudaModel&) = delete;
+  LlamaCudaModel& operator=(const LlamaCudaModel&) = delete;
 
   const io::ModelConfig& config() const { return config_; }
   AttentionShape attention_shape() const;
@@ -54,14 +60,33 @@ class LlamaCudaModel {
 
   // As LlamaModel::forward: writes the new tokens' K/V into `cache` and returns float32 logits
   // ([seqs][vocab] for kLastPerSeq, [tokens][vocab] for kAll). Synchronizes the stream.
+  //
+  // Decode steps (one new token per request, at most kMaxGraphBatch requests, no observer) are
+  // replayed from a CUDA graph captured per (requests, block-table width) the second time that
+  // pair is seen (the first run warms cuBLASLt's plan cache, which a capture must not fill).
+  // Graph replays and direct launches compute the same bits.
   std::vector<float> forward(const ForwardBatch& batch, GpuKVCache& cache, CudaAttention& attention,
                              const ActivationObserver& observer = {});
+
+  static constexpr int kMaxGraphBatch = 256;
+  void set_cuda_graphs(bool on) { use_graphs_ = on; }
+  size_t cuda_graphs_captured() const { return graphs_captured_; }
 
  private:
   struct Layer {
     DeviceBuffer<uint16_t> input_norm, qkv, o, post_norm, gate_up, down;  // bf16 bits
   };
   void ensure_rows(int rows);
+  // Enqueues embedding .. lm_head for `rows` tokens whose metadata is in meta_; the first
+  // min(n_out, kLogitsChunkRows) logits rows land in logits_.
+  void enqueue_step(GpuKVCache& cache, CudaAttention& attention, int rows, int n_out,
+                    const ActivationObserver& observer);
+
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t model_epoch = 0, attention_epoch = 0;
+  };
+  void clear_graphs();
 
   io::ModelConfig config_;
   CudaStream stream_;
@@ -77,6 +102,12 @@ class LlamaCudaModel {
   DeviceBuffer<float> logits_;
   DeviceBuffer<int32_t> meta_;
   std::vector<int32_t> meta_host_;
+  uint64_t epoch_ = 0;  // bumped when a buffer a graph points to is reallocated
+
+  bool use_graphs_ = true;
+  std::map<std::pair<int, int>, Graph> graphs_;  // (requests, block-table width)
+  std::set<std::pair<int, int>> seen_;
+  size_t graphs_captured_ = 0;
 };
 
 }  // namespace sagellm
