@@ -9,6 +9,7 @@
 
 #include "common/fixtures.h"
 #include "common/run_command.h"
+#include "core/cuda_device.h"
 #include "io/safetensors.h"
 
 namespace sagellm {
@@ -164,6 +165,19 @@ TEST(Cli, UnknownBackendListsChoices) {
   expect_clean_error(
       sagellm("generate --model " + stories() + " --prompt x --attention-backend fa9"),
       "unknown attention backend 'fa9' (choose one of: flash, sage_attn)");
+}
+
+TEST(Cli, DeviceErrors) {
+  expect_clean_error(sagellm("generate --model " + stories() + " --prompt x --device tpu"),
+                     "unknown --device 'tpu' (choose one of: cpu, cuda)");
+  if (cuda_device_count() == 0) {
+    // Without a GPU (or without CUDA in this build), --device cuda is refused in one line.
+    const CommandResult r = sagellm("generate --model " + stories() + " --prompt x --device cuda");
+    expect_clean_error(r, "");
+    EXPECT_TRUE(r.err.find("no CUDA GPU") != std::string::npos ||
+                r.err.find("no CUDA support") != std::string::npos)
+        << r.err;
+  }
 }
 
 TEST(Cli, MissingModelDirectory) {
