@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GPU configuration (CUDA kernels for sm_90a and sm_80, statically linked but for the
 # CUDA driver and cuBLAS) and gathers what a GPU machine needs into .device/ (git-ignored): the
-# sagellm binary, the GPU test executables, scripts/gpu-check.sh and the fixtures they read.
+# sagellm binary, the GPU test executables, scripts/gpu-check.sh and the fixtures they read, and
+# the python files of the SageAttention peer (scripts/fetch-sage-peer.sh) in .device/peers.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 shared=${SAGELLM_SHARED_DIR:-$root/../shared}
@@ -13,7 +14,8 @@ for d in tests/gpu_*/; do
   [[ -d $d ]] && targets+=("test_$(basename "$d")")
 done
 cmake --build --preset gpu --target "${targets[@]}"
-rm -rf .device
+# Fetched peer code stays: it does not change with the build.
+if [[ -d .device ]]; then find .device -mindepth 1 -maxdepth 1 ! -name peers -exec rm -rf {} +; fi
 mkdir -p .device/bin .device/shared/models .device/shared/golden
 cp build/gpu/sagellm build/gpu/bench_flash_attention .device/bin/
 for t in build/gpu/tests/test_gpu_*; do
@@ -35,4 +37,8 @@ done
 strip --strip-all .device/bin/* 2>/dev/null || true
 tar -C .device -cJf .device/bundle.tar.xz bin shared
 rm -rf .device/bin .device/shared
-du -sh .device/bundle.tar.xz
+if [[ ! -f .device/peers/sageattention/sageattention/__init__.py ]]; then
+  scripts/fetch-sage-peer.sh .device/peers/sageattention ||
+    echo "warning: SageAttention peer not fetched; bench/attention_vs_sdpa.sh will skip it" >&2
+fi
+du -sh .device/bundle.tar.xz .device/peers 2>/dev/null || true

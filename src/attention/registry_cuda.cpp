@@ -4,6 +4,7 @@
 
 #include "attention/cuda_attention.h"
 #include "attention/flash/flash_backend.h"
+#include "attention/sage/sage_backend.h"
 #include "core/error.h"
 
 namespace sagellm {
@@ -19,8 +20,9 @@ std::unique_ptr<CudaAttention> make_flash(const AttentionOptions&) {
   return make_flash_cuda_attention();
 }
 
-constexpr std::array<CudaBackendEntry, 1> kCudaBackends = {{
+constexpr std::array<CudaBackendEntry, 2> kCudaBackends = {{
     {"flash", &make_flash},
+    {"sage_attn", &make_sage_cuda_attention},
 }};
 
 }  // namespace

@@ -63,10 +63,6 @@ void check_args(const BenchAttentionArgs& a) {
                 fmt::join(names, ", "));
   SAGELLM_CHECK(a.device == "cpu" || a.device == "cuda",
                 "unknown --device '{}' (choose one of: cpu, cuda)", a.device);
-  SAGELLM_CHECK(a.device == "cpu" || a.backend == "flash",
-                "--backend {} has no CUDA kernels yet (on --device cuda only flash runs); use "
-                "--device cpu for its CPU twin",
-                a.backend);
   SAGELLM_CHECK(a.heads % a.kv_heads == 0,
                 "--heads ({}) must be a multiple of --kv-heads ({}) for grouped-query attention",
                 a.heads, a.kv_heads);
@@ -194,8 +190,10 @@ AttentionTiming time_cpu(const AttentionBackend& backend, const AttentionBenchPr
   return t;
 }
 
-AttentionTiming time_cuda(const AttentionBenchProblem& p, int warmup, int repeats) {
+AttentionTiming time_cuda(const BenchAttentionArgs& a, const AttentionBenchProblem& p, int warmup,
+                          int repeats) {
 #if defined(SAGELLM_HAVE_CUDA)
+  if (a.backend == "sage_attn") return time_sage_cuda(p, a.attention_options, warmup, repeats);
   return time_flash_cuda(p, warmup, repeats);
 #else
   fail("--device cuda: this build of sagellm has no CUDA support (build it where nvcc is found)");
@@ -223,7 +221,7 @@ size_t kv_bytes_per_token(const BenchAttentionArgs& a, const AttentionBackend& b
 json run_case(const BenchAttentionArgs& a, const AttentionBackend& backend, int n, uint64_t seed,
               std::string* device, std::string* method) {
   const AttentionBenchProblem p = make_problem(a, n, seed);
-  const AttentionTiming t = a.device == "cuda" ? time_cuda(p, a.warmup, a.repeats)
+  const AttentionTiming t = a.device == "cuda" ? time_cuda(a, p, a.warmup, a.repeats)
                                                : time_cpu(backend, p, a.warmup, a.repeats);
   *device = t.device;
   *method = t.method;

@@ -35,4 +35,13 @@ struct AttentionTiming {
 // with CUDA (SAGELLM_HAVE_CUDA).
 AttentionTiming time_flash_cuda(const AttentionBenchProblem& problem, int warmup, int repeats);
 
+// The `sage_attn` CUDA kernels through the backend's CudaAttention, timed the same way. Each
+// timed call includes the quantization the engine would run in that call: for prefill, every
+// page is bf16 and quantized on the fly (as a bf16 cache, or pages written in the same step,
+// would be) plus Q; for decode (q_len 1), full pages are sealed 8-bit pages of the cache
+// (quantized once, not timed) and only each request's partly filled last page and Q are
+// quantized in the call.
+AttentionTiming time_sage_cuda(const AttentionBenchProblem& problem,
+                               const AttentionOptions& options, int warmup, int repeats);
+
 }  // namespace sagellm::cli

@@ -30,26 +30,76 @@ std::unique_ptr<WeightSource> weight_source(const EngineOptions& o) {
   return checkpoint_weights(o.model_dir);
 }
 
-KVCacheShape gpu_cache_shape(const EngineOptions& o, const io::ModelConfig& c) {
+// Tail slots of an 8-bit cache (bf16 storage for pages not yet full): a request has at most one
+// partly filled page, and the scheduler runs at most 256 requests at once by default
+// (--max-running-requests), so 256 slots (fewer for a pool of fewer pages) never run out there; a
+// step that needs more than there are fails with a clear error (kv_cache_step.h). A slot holds a
+// page of K and V in bf16 for every layer (8 MiB for Llama-3.1-8B).
+constexpr int kMaxTailSlots = 256;
+
+// --kv-cache-dtype on the GPU, where the exact cache is bf16.
+KVCacheDType resolve_gpu_kv_cache_dtype(const std::string& name, const CudaAttention& attention) {
+  if (name == "auto") return attention.default_kv_cache_dtype();
+  if (name == "bf16") return KVCacheDType::kFloat;
+  if (name == "int8") return KVCacheDType::kInt8;
+  SAGELLM_CHECK(name != "fp32",
+                "--kv-cache-dtype fp32 is not available on the GPU (its exact KV cache is bf16; "
+                "use bf16, int8 or auto)");
+  fail("unknown --kv-cache-dtype '{}' (choose one of: auto, bf16, fp32, int8)", name);
+}
+
+// The cache --mem-fraction-static leaves room for after the weights and activation buffers (the
+// pages and, for an 8-bit cache, its tail pool), once the backend said it can read it.
+GpuKVCache make_gpu_cache(const EngineOptions& o, const LlamaCudaModel& model,
+                          const CudaAttention& attention, KVCacheDType dtype) {
+  const std::string why = attention.unsupported_reason(model.attention_shape(), o.page_size, dtype);
+  SAGELLM_CHECK(why.empty(),
+                "attention backend {} cannot run this model on the GPU with a {} KV cache: {}",
+                attention.name(), kv_cache_dtype_name(dtype), why);
+  const io::ModelConfig& c = model.config();
   KVCacheShape s;
   s.num_layers = c.num_layers;
   s.num_kv_heads = c.num_kv_heads;
   s.head_dim = c.head_dim;
   s.page_size = o.page_size;
   s.num_pages = 1;
-  const size_t per_token = GpuKVCache::bytes_per_token(s);
+  const bool int8 = dtype == KVCacheDType::kInt8;
+  const size_t per_token = GpuKVCache::bytes_per_token(s, dtype);
+  const size_t per_page = per_token * static_cast<size_t>(o.page_size);
+  const size_t per_slot = GpuKVCache::tail_pool_bytes(s, 1);
+  auto tail_slots = [&](int64_t pages) {
+    return int8 ? static_cast<int>(std::min<int64_t>(pages, kMaxTailSlots)) : 0;
+  };
+  // Pages and tail pool together.
+  auto bytes_for = [&](int64_t tokens) {
+    const int64_t pages = tokens / o.page_size;
+    return static_cast<double>(tokens) * static_cast<double>(per_token) +
+           static_cast<double>(tail_slots(pages)) * static_cast<double>(per_slot);
+  };
   const GpuMemoryInfo mem = gpu_memory_info();
   const double used = static_cast<double>(mem.total - mem.free);
-  const double budget = o.mem_fraction_static * static_cast<double>(mem.total) - used;
-  const auto fit = static_cast<int64_t>(std::max(budget, 0.0) / static_cast<double>(per_token));
+  const double budget =
+      std::max(o.mem_fraction_static * static_cast<double>(mem.total) - used, 0.0);
+  // The most tokens the budget holds: with up to kMaxTailSlots pages every page has its slot.
+  int64_t fit = 0;
+  if (!int8) {
+    fit = static_cast<int64_t>(budget / static_cast<double>(per_token));
+  } else {
+    const double big = budget - static_cast<double>(kMaxTailSlots) * static_cast<double>(per_slot);
+    const auto pages_big = static_cast<int64_t>(std::max(big, 0.0) / static_cast<double>(per_page));
+    const int64_t pages =
+        pages_big >= kMaxTailSlots
+            ? pages_big
+            : static_cast<int64_t>(budget / static_cast<double>(per_page + per_slot));
+    fit = pages * o.page_size;
+  }
   int64_t tokens = o.kv_cache_tokens;
   if (tokens > 0) {
     SAGELLM_CHECK(tokens <= fit,
                   "--kv-cache-tokens {} needs {:.2f} GiB of KV cache, but --mem-fraction-static "
                   "{} leaves {:.2f} GiB after the weights ({:.2f} of {:.2f} GiB in use)",
-                  tokens, static_cast<double>(tokens) * per_token / (1 << 30),
-                  o.mem_fraction_static, std::max(budget, 0.0) / (1 << 30), used / (1 << 30),
-                  static_cast<double>(mem.total) / (1 << 30));
+                  tokens, bytes_for(tokens) / (1 << 30), o.mem_fraction_static, budget / (1 << 30),
+                  used / (1 << 30), static_cast<double>(mem.total) / (1 << 30));
   } else {
     tokens = std::min(fit, kMaxDefaultKVTokens);
   }
@@ -58,28 +108,25 @@ KVCacheShape gpu_cache_shape(const EngineOptions& o, const io::ModelConfig& c) {
                 "GiB after the weights and buffers ({:.2f} GiB in use); raise "
                 "--mem-fraction-static or use a smaller model",
                 o.mem_fraction_static, static_cast<double>(mem.total) / (1 << 30),
-                std::max(budget, 0.0) / (1 << 30), used / (1 << 30));
+                budget / (1 << 30), used / (1 << 30));
   SAGELLM_CHECK(tokens / o.page_size < (int64_t{1} << 30), "--kv-cache-tokens {} is too large",
                 tokens);
   s.num_pages = static_cast<int>(tokens / o.page_size);
-  return s;
+  return GpuKVCache(s, dtype, tail_slots(s.num_pages));
 }
 
 class CudaRunner final : public ModelRunner {
  public:
-  CudaRunner(const EngineOptions& o, std::unique_ptr<CudaAttention> attention)
+  CudaRunner(const EngineOptions& o, std::unique_ptr<CudaAttention> attention, KVCacheDType dtype)
       : attention_(std::move(attention)),
         model_(*weight_source(o), o.prefill_chunk),
-        cache_(gpu_cache_shape(o, model_.config())) {
-    const std::string why = attention_->unsupported_reason(model_.attention_shape(), o.page_size);
-    SAGELLM_CHECK(why.empty(), "attention backend {} cannot run this model on the GPU: {}",
-                  attention_->name(), why);
+        cache_(make_gpu_cache(o, model_, *attention_, dtype)) {
     model_.set_cuda_graphs(!o.disable_cuda_graph);
     SAGELLM_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
   const io::ModelConfig& config() const override { return model_.config(); }
-  KVCacheDType kv_cache_dtype() const override { return KVCacheDType::kFloat; }
+  KVCacheDType kv_cache_dtype() const override { return cache_.dtype(); }
   int page_size() const override { return cache_.shape().page_size; }
   int num_pages() const override { return cache_.shape().num_pages; }
   int num_free_pages() const override { return cache_.num_free_pages(); }
@@ -94,10 +141,10 @@ class CudaRunner final : public ModelRunner {
     EngineMemory m;
     m.device = "cuda";
     m.weight_bytes = model_.weight_bytes();
-    m.kv_bytes_per_token = cache_.bytes_per_token();
+    m.kv_bytes_per_token = cache_.bytes_per_token();  // 8-bit: the sealed pages' bytes
     m.kv_capacity_tokens =
         static_cast<int64_t>(cache_.shape().num_pages) * cache_.shape().page_size;
-    m.kv_pool_bytes = cache_.bytes();
+    m.kv_pool_bytes = cache_.bytes();  // 8-bit: with the bf16 tail pool
     const GpuMemoryInfo mem = gpu_memory_info();
     m.device_total_bytes = mem.total;
     m.device_used_bytes = mem.total - mem.free;
@@ -117,14 +164,12 @@ std::unique_ptr<ModelRunner> make_cuda_runner(const EngineOptions& options,
   (void)context_length;  // the GPU pool is sized by memory, not by the context length
   SAGELLM_CHECK(options.mem_fraction_static > 0.0 && options.mem_fraction_static < 1.0,
                 "--mem-fraction-static must be in (0, 1) (got {})", options.mem_fraction_static);
-  SAGELLM_CHECK(options.kv_cache_dtype == "auto" || options.kv_cache_dtype == "bf16",
-                "--kv-cache-dtype {} is not available on the GPU yet (the GPU cache is bf16)",
-                options.kv_cache_dtype);
   const GpuInfo gpu = require_supported_gpu(0);
   SAGELLM_CUDA_CHECK(cudaSetDevice(gpu.device));
   std::unique_ptr<CudaAttention> attention =
       make_cuda_attention(options.attention_backend, options.attention_options);
-  return std::make_unique<CudaRunner>(options, std::move(attention));
+  const KVCacheDType dtype = resolve_gpu_kv_cache_dtype(options.kv_cache_dtype, *attention);
+  return std::make_unique<CudaRunner>(options, std::move(attention), dtype);
 }
 
 }  // namespace sagellm

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
+#include "attention/sage/sage_cuda.h"
 #include "core/cuda_check.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/cuda/ops.h"
+#include "kv_cache/kv_cache_step.h"
 #include "model/forward_rows.h"
 #include "model/rope.h"
 
@@ -19,6 +22,14 @@ using gpu::bf16;
 // lm_head rows per GEMM: bounds the fp32 logits buffer (rows x vocab) when every position's
 // logits are wanted.
 constexpr int kLogitsChunkRows = 256;
+
+// Per-step metadata in meta_, per row: ids, positions, pages, slots, logits rows, tail slots; then
+// the live seal-job count and up to `rows` seal jobs.
+constexpr int kMetaPerRow = 6;
+constexpr int kJobInts = static_cast<int>(sizeof(sage_cuda::SageQuantJob) / sizeof(int32_t));
+static_assert(sizeof(sage_cuda::SageQuantJob) == kJobInts * sizeof(int32_t) &&
+                  alignof(sage_cuda::SageQuantJob) <= alignof(int32_t),
+              "seal jobs are uploaded as int32 words");
 
 bf16* bf(DeviceBuffer<uint16_t>& b) { return reinterpret_cast<bf16*>(b.data()); }
 const bf16* bf(const DeviceBuffer<uint16_t>& b) { return reinterpret_cast<const bf16*>(b.data()); }
@@ -119,7 +130,7 @@ void LlamaCudaModel::ensure_rows(int rows) {
   logits_ = DeviceBuffer<float>(std::min<size_t>(r, kLogitsChunkRows) *
                                 static_cast<size_t>(c.vocab_size));
   meta_.reset();
-  meta_ = DeviceBuffer<int32_t>(5 * r);  // ids, positions, pages, slots, logits rows
+  meta_ = DeviceBuffer<int32_t>((kMetaPerRow + kJobInts) * r + 1);
   rows_ = rows;
   ++epoch_;
 }
@@ -149,9 +160,13 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
   if (rows == 0) return logits;
   const cudaStream_t s = stream_.get();
   ensure_rows(rows);
+  const bool int8 = cache.dtype() == KVCacheDType::kInt8;
+  KVStepWrites kv_step;
+  if (int8) kv_step = plan_kv_step(batch.attention, ks.page_size, cache.tails());
+  const bool seals = !kv_step.seal_jobs.empty();
 
-  // A decode step can be replayed from a graph keyed by its size and block-table width (a power
-  // of two, so a growing context recaptures rarely).
+  // A decode step can be replayed from a graph keyed by its size, block-table width (a power of
+  // two, so a growing context recaptures rarely) and whether it seals pages.
   bool decode = use_graphs_ && !observer && rows <= kMaxGraphBatch &&
                 batch.logits_mode == LogitsMode::kLastPerSeq &&
                 batch.attention.seqs.size() == static_cast<size_t>(rows);
@@ -160,20 +175,43 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
     decode = decode && q.q_len == 1;
     while (static_cast<int64_t>(width) * ks.page_size < q.kv_len) width *= 2;
   }
-  decode = decode &&
-           attention.plan_fixed_decode(attention_shape(), batch.attention, ks.page_size, width, s);
-  if (!decode) attention.plan(attention_shape(), batch.attention, ks.page_size, s);
+  // Attention reads the cache as it is after the step (pages sealed by it are 8-bit, the tails it
+  // starts are tails), so the step's bookkeeping is committed first, and taken back if planning
+  // fails before anything was enqueued.
+  if (int8) cache.tails().apply(kv_step);
+  try {
+    decode = decode && attention.plan_fixed_decode(attention_shape(), batch.attention, cache.view(),
+                                                   width, s);
+    if (!decode) attention.plan(attention_shape(), batch.attention, cache.view(), s);
+  } catch (...) {
+    if (int8) cache.tails().undo(kv_step);
+    throw;
+  }
 
-  // One upload for the per-token metadata: ids, positions, pages, slots, logits rows.
+  // One upload for the per-token metadata: ids, positions, pages, slots, logits rows (and for an
+  // 8-bit cache the tail slots, the live seal-job count and the jobs).
   meta_host_.clear();
   meta_host_.insert(meta_host_.end(), batch.tokens.begin(), batch.tokens.end());
   for (const auto* v : {&fr.position, &fr.page, &fr.slot, &fr.logits_rows}) {
     meta_host_.insert(meta_host_.end(), v->begin(), v->end());
   }
+  if (int8) {
+    meta_host_.insert(meta_host_.end(), kv_step.tail_slot.begin(), kv_step.tail_slot.end());
+    meta_host_.push_back(static_cast<int32_t>(kv_step.seal_jobs.size()));
+    const size_t at = meta_host_.size();
+    meta_host_.resize(at + kv_step.seal_jobs.size() * kJobInts);
+    if (seals) {
+      std::memcpy(meta_host_.data() + at, kv_step.seal_jobs.data(),
+                  kv_step.seal_jobs.size() * sizeof(sage_cuda::SageQuantJob));
+    }
+  }
   meta_.upload_async(meta_host_, s);
 
   if (decode) {
-    const std::pair<int, int> key{rows, width};
+    // A graph's seal launches have one block per row (those past the live count return at once),
+    // so one graph serves any number of seals; steps without any skip them.
+    const int seal_grid = seals ? rows : 0;
+    const GraphKey key{rows, width, seals};
     auto it = graphs_.find(key);
     if (it != graphs_.end() && (it->second.model_epoch != epoch_ ||
                                 it->second.attention_epoch != attention.buffer_epoch())) {
@@ -186,7 +224,7 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
       cudaGraph_t graph = nullptr;
       SAGELLM_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
       try {
-        enqueue_step(cache, attention, rows, n_out, observer);
+        enqueue_step(cache, attention, rows, n_out, seal_grid, observer);
       } catch (...) {
         (void)cudaStreamEndCapture(s, &graph);
         if (graph != nullptr) (void)cudaGraphDestroy(graph);
@@ -205,14 +243,14 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
       SAGELLM_CUDA_CHECK(cudaGraphLaunch(it->second.exec, s));
     } else {
       seen_.insert(key);
-      enqueue_step(cache, attention, rows, n_out, observer);
+      enqueue_step(cache, attention, rows, n_out, seal_grid, observer);
     }
     logits_.download_async(std::span<float>(logits.data(), logits.size()), s);
     stream_.synchronize();
     return logits;
   }
 
-  enqueue_step(cache, attention, rows, n_out, observer);
+  enqueue_step(cache, attention, rows, n_out, static_cast<int>(kv_step.seal_jobs.size()), observer);
   const bf16* head = lm_head_.empty() ? bf(embed_) : bf(lm_head_);
   const bf16* normed = n_out != rows ? bf(sel_) : bf(xn_);  // as enqueue_step chose
   for (int r0 = 0; r0 < n_out; r0 += kLogitsChunkRows) {
@@ -231,7 +269,7 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
 }
 
 void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, int rows, int n_out,
-                                  const ActivationObserver& observer) {
+                                  int seal_grid, const ActivationObserver& observer) {
   const io::ModelConfig& c = config_;
   const int h = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int inter = c.intermediate_size, vocab = c.vocab_size;
@@ -243,6 +281,10 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
   const int32_t* d_page = d_pos + rows;
   const int32_t* d_slot = d_page + rows;
   const int32_t* d_out_rows = d_slot + rows;
+  const bool int8 = cache.dtype() == KVCacheDType::kInt8;
+  const int32_t* d_tail = d_out_rows + rows;  // 8-bit cache only, as are the two below
+  const int32_t* d_live_jobs = d_tail + rows;
+  const auto* d_jobs = reinterpret_cast<const sage_cuda::SageQuantJob*>(d_live_jobs + 1);
 
   const float eps = static_cast<float>(c.rms_norm_eps);
   bf16* resid = bf(resid_);
@@ -274,20 +316,45 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
     rp.inv_freq = inv_freq_.data();
     rp.positions = d_pos;
     gpu::rope(rp, s);
+    if (int8 && seal_grid > 0) {
+      // Before the tail write: a tail slot a seal gives up may be written by this step (see
+      // kv_cache_step.h).
+      sage_cuda::SageQuantParams qp;
+      qp.jobs = d_jobs;
+      qp.num_jobs = seal_grid;
+      qp.live_jobs = d_live_jobs;
+      qp.k_src = cache.k_layer(li);
+      qp.v_src = cache.v_layer(li);
+      qp.src_page_stride = cache.page_stride();
+      qp.src_head_stride = cache.kv_head_stride();
+      qp.k_new = qkv + static_cast<int64_t>(nh) * d;
+      qp.v_new = qkv + static_cast<int64_t>(nh + nkv) * d;
+      qp.k_new_row_stride = qkv_dim;
+      qp.v_new_row_stride = qkv_dim;
+      qp.dst8 = cache.pages8_layer(li);
+      qp.dst_page_stride = cache.page8_stride();
+      qp.dst_head_stride = cache.head8_stride();
+      qp.num_kv_heads = nkv;
+      qp.head_dim = d;
+      qp.head_dim_padded = cache.head_dim_padded();
+      sage_cuda::sage_quantize_pages_cuda(qp, s);
+    }
     gpu::KVCacheWriteParams kw;
     kw.k = qkv + static_cast<int64_t>(nh) * d;
     kw.k_row_stride = qkv_dim;
     kw.v = qkv + static_cast<int64_t>(nh + nkv) * d;
     kw.v_row_stride = qkv_dim;
+    // The 8-bit cache's k_layer / v_layer are its bf16 tail pool, indexed by tail slot; rows of
+    // pages sealed above have tail slot -1 and are skipped.
     kw.k_cache = reinterpret_cast<bf16*>(cache.k_layer(li));
     kw.v_cache = reinterpret_cast<bf16*>(cache.v_layer(li));
-    kw.pages = d_page;
+    kw.pages = int8 ? d_tail : d_page;
     kw.slots = d_slot;
     kw.rows = rows;
     kw.kv_heads = nkv;
     kw.head_dim = d;
     kw.page_size = ks.page_size;
-    kw.num_pages = ks.num_pages;
+    kw.num_pages = int8 ? cache.num_tail_slots() : ks.num_pages;
     gpu::kv_cache_write(kw, s);
     attention.run(cache.layer(li), qkv, qkv_dim, att, s);
     gemm_.linear(att, bf(l.o), delta, rows, h, nh * d, s);

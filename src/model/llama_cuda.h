@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -62,9 +63,14 @@ class LlamaCudaModel {
   // ([seqs][vocab] for kLastPerSeq, [tokens][vocab] for kAll). Synchronizes the stream.
   //
   // Decode steps (one new token per request, at most kMaxGraphBatch requests, no observer) are
-  // replayed from a CUDA graph captured per (requests, block-table width) the second time that
-  // pair is seen (the first run warms cuBLASLt's plan cache, which a capture must not fill).
-  // Graph replays and direct launches compute the same bits.
+  // replayed from a CUDA graph captured per (requests, block-table width, whether the step seals
+  // a page of an 8-bit cache) the second time that key is seen (the first run warms cuBLASLt's
+  // plan cache, which a capture must not fill). Graph replays and direct launches compute the
+  // same bits.
+  //
+  // With an 8-bit cache (KVCacheDType::kInt8) each layer first seals the pages the step fills
+  // (sage_quantize_pages_cuda, from the page's bf16 tail and the new K/V rows), then writes the
+  // other new rows into the bf16 tail pool (kv_cache_step.h plans both).
   std::vector<float> forward(const ForwardBatch& batch, GpuKVCache& cache, CudaAttention& attention,
                              const ActivationObserver& observer = {});
 
@@ -78,8 +84,9 @@ class LlamaCudaModel {
   };
   void ensure_rows(int rows);
   // Enqueues embedding .. lm_head for `rows` tokens whose metadata is in meta_; the first
-  // min(n_out, kLogitsChunkRows) logits rows land in logits_.
-  void enqueue_step(GpuKVCache& cache, CudaAttention& attention, int rows, int n_out,
+  // min(n_out, kLogitsChunkRows) logits rows land in logits_. `seal_grid`: blocks of each layer's
+  // seal kernel (0: no seal launch; jobs past the live count in meta_ return at once).
+  void enqueue_step(GpuKVCache& cache, CudaAttention& attention, int rows, int n_out, int seal_grid,
                     const ActivationObserver& observer);
 
   struct Graph {
@@ -100,13 +107,16 @@ class LlamaCudaModel {
   int rows_ = 0;
   DeviceBuffer<uint16_t> resid_, delta_, xn_, qkv_, att_, gate_up_, act_, sel_;
   DeviceBuffer<float> logits_;
+  // ids, positions, pages, slots, logits rows, tail slots [rows each], the live seal-job count,
+  // seal jobs [rows] (an 8-bit cache seals at most one page per new row).
   DeviceBuffer<int32_t> meta_;
   std::vector<int32_t> meta_host_;
   uint64_t epoch_ = 0;  // bumped when a buffer a graph points to is reallocated
 
   bool use_graphs_ = true;
-  std::map<std::pair<int, int>, Graph> graphs_;  // (requests, block-table width)
-  std::set<std::pair<int, int>> seen_;
+  using GraphKey = std::tuple<int, int, bool>;  // (requests, block-table width, seals)
+  std::map<GraphKey, Graph> graphs_;
+  std::set<GraphKey> seen_;
   size_t graphs_captured_ = 0;
 };
 

@@ -182,8 +182,9 @@ TEST(BenchAttention, BadFlagsGiveOneClearError) {
   expect_clean_error(sagellm("bench-attention --heads 1 --kv-heads 1 --batch 1000000 "
                              "--seq-lens 2000 --head-dim 1024"),
                      "host memory");
-  expect_clean_error(sagellm("bench-attention --device cuda --backend sage_attn"),
-                     "sage_attn has no CUDA kernels yet");
+  expect_clean_error(
+      sagellm("bench-attention --device cuda --backend sage_attn --sage-pv-dtype fp9"),
+      "unknown --sage-pv-dtype 'fp9'");
   // Without a GPU (CI) --device cuda is refused: no CUDA in the build, or no GPU found.
   const CommandResult cuda =
       sagellm("bench-attention --device cuda " + small_shape() + "--seq-lens 16");

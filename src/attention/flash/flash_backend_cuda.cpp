@@ -17,12 +17,18 @@ class FlashCudaAttention final : public CudaAttention {
  public:
   std::string_view name() const override { return "flash"; }
 
-  std::string unsupported_reason(const AttentionShape& shape, int page_size) const override {
+  std::string unsupported_reason(const AttentionShape& shape, int page_size,
+                                 KVCacheDType dtype) const override {
+    if (dtype != KVCacheDType::kFloat) {
+      return "flash reads bf16 pages only (use --kv-cache-dtype bf16 or auto)";
+    }
     return flash_cuda::flash_shape_unsupported_reason(shape, page_size);
   }
 
-  void plan(const AttentionShape& shape, const AttentionBatch& batch, int page_size,
+  void plan(const AttentionShape& shape, const AttentionBatch& batch, const CudaKVCacheView& kv,
             CUstream_st* stream) override {
+    require_bf16(kv);
+    const int page_size = kv.page_size;
     plan_ = flash_cuda::select_flash_kernel(shape, batch, page_size);
     SAGELLM_CHECK(plan_.supported(), "flash attention on the GPU: {}", plan_.unsupported_reason);
     params_ = flash_cuda::flash_params_for(plan_);
@@ -30,8 +36,10 @@ class FlashCudaAttention final : public CudaAttention {
     upload(batch, stream);
   }
 
-  bool plan_fixed_decode(const AttentionShape& shape, const AttentionBatch& batch, int page_size,
-                         int max_pages, CUstream_st* stream) override {
+  bool plan_fixed_decode(const AttentionShape& shape, const AttentionBatch& batch,
+                         const CudaKVCacheView& kv, int max_pages, CUstream_st* stream) override {
+    require_bf16(kv);
+    const int page_size = kv.page_size;
     flash_cuda::FlashPlan plan = flash_cuda::select_flash_kernel(shape, batch, page_size);
     SAGELLM_CHECK(plan.supported(), "flash attention on the GPU: {}", plan.unsupported_reason);
     for (const AttentionSeq& s : batch.seqs) {
@@ -79,6 +87,11 @@ class FlashCudaAttention final : public CudaAttention {
   }
 
  private:
+  static void require_bf16(const CudaKVCacheView& kv) {
+    SAGELLM_CHECK(kv.dtype == KVCacheDType::kFloat,
+                  "flash attention on the GPU reads bf16 pages only, not an 8-bit cache");
+  }
+
   // Uploads cu_seqlens, kv_lens, the block table and the split offsets in one copy and points the
   // params at them; allocates the split workspace the plan needs.
   void upload(const AttentionBatch& batch, CUstream_st* stream) {

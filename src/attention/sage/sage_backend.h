@@ -16,4 +16,9 @@ enum class SageRowSum { kQuantizedP, kFloatP };
 std::unique_ptr<AttentionBackend> make_sage_backend(const AttentionOptions& options,
                                                     SageRowSum row_sum = SageRowSum::kQuantizedP);
 
+class CudaAttention;
+// The GPU kernels (CUDA builds only: sage_backend_cuda.cpp). Throws sagellm::Error for a
+// sage_pv_dtype other than "fp8" or "fp16".
+std::unique_ptr<CudaAttention> make_sage_cuda_attention(const AttentionOptions& options);
+
 }  // namespace sagellm

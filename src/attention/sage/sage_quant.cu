@@ -1,0 +1,204 @@
+// Quantization kernels of sage_attn: pages into the 8-bit block layout (kv_cache/page_quant.h's
+// specification, sage_params.h's layout) and Q into INT8 blocks (sage_numerics.h step 1). Both are
+// bitwise equal to the CPU twin: sums run in the CPU's order (one thread per channel adds the
+// tokens in order), maxima are order-free, and every division is IEEE.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "attention/sage/sage_cuda.h"
+#include "attention/sage/sage_launch_sm80.cuh"
+#include "attention/sage/sage_params.h"
+#include "core/cuda_check.h"
+
+namespace sagellm::sage_cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kQuantThreads = 128;  // one thread per channel of the largest head dim
+
+// Round half away from zero, clamp to +-127 (core/int8_quant.h).
+__device__ __forceinline__ int8_t quantize_int8(float x, float scale) {
+  if (!(scale > 0.0f)) return 0;
+  const float r = roundf(x / scale);
+  if (!(r == r)) return 0;
+  return static_cast<int8_t>(fminf(fmaxf(r, -127.0f), 127.0f));
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int warp = threadIdx.x / 32;
+  __syncthreads();  // scratch may still be read from a previous call
+  if ((threadIdx.x & 31) == 0) scratch[warp] = v;
+  __syncthreads();
+  float m = scratch[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) m = fmaxf(m, scratch[w]);
+  return m;
+}
+
+// One CTA per (job, KV head).
+__global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const SageQuantParams p) {
+  const int job_index = blockIdx.x;
+  if (p.live_jobs != nullptr && job_index >= *p.live_jobs) return;
+  const SageQuantJob job = p.jobs[job_index];
+  const int n = job.n_old + job.n_new;
+  if (n <= 0) return;
+  const int h = blockIdx.y;
+  const int dp = p.head_dim_padded, hd = p.head_dim;
+  __shared__ bf16 ks[kSagePageSize][kSageMaxHeadDim];
+  __shared__ bf16 vs[kSagePageSize][kSageMaxHeadDim];
+  __shared__ float red[kQuantThreads / 32];
+
+  const bf16* k_src = static_cast<const bf16*>(p.k_src);
+  const bf16* v_src = static_cast<const bf16*>(p.v_src);
+  const bf16* k_new = static_cast<const bf16*>(p.k_new);
+  const bf16* v_new = static_cast<const bf16*>(p.v_new);
+  for (int e = threadIdx.x; e < n * hd; e += blockDim.x) {
+    const int j = e / hd, d = e % hd;
+    if (j < job.n_old) {
+      const int64_t off = static_cast<int64_t>(job.src_page) * p.src_page_stride +
+                          static_cast<int64_t>(h) * p.src_head_stride +
+                          static_cast<int64_t>(j) * hd + d;
+      ks[j][d] = k_src[off];
+      vs[j][d] = v_src[off];
+    } else {
+      const int64_t row = job.first_new_row + (j - job.n_old);
+      ks[j][d] = k_new[row * p.k_new_row_stride + static_cast<int64_t>(h) * hd + d];
+      vs[j][d] = v_new[row * p.v_new_row_stride + static_cast<int64_t>(h) * hd + d];
+    }
+  }
+  __syncthreads();
+
+  uint8_t* dst = p.dst8 + static_cast<int64_t>(job.dst) * p.dst_page_stride +
+                 static_cast<int64_t>(h) * p.dst_head_stride;
+  int8_t* k_codes = reinterpret_cast<int8_t*>(dst + sage_k_codes_offset(dp));
+  uint8_t* v_codes = dst + sage_v_codes_offset(dp);
+  float* k_mean = reinterpret_cast<float*>(dst + sage_k_mean_offset(dp));
+  float* v_scale = reinterpret_cast<float*>(dst + sage_v_scale_offset(dp));
+  float* k_scale = reinterpret_cast<float*>(dst + sage_k_scale_offset(dp));
+
+  // K: mean per channel, summed in token order as the CPU does.
+  const int d = threadIdx.x;
+  float mean = 0.0f;
+  if (d < hd) {
+    for (int j = 0; j < n; ++j) mean += __bfloat162float(ks[j][d]);
+    mean /= static_cast<float>(n);
+  }
+  float local = 0.0f;
+  if (d < hd) {
+    for (int j = 0; j < n; ++j) local = fmaxf(local, fabsf(__bfloat162float(ks[j][d]) - mean));
+  }
+  const float kscale = block_max(local, red) / 127.0f;
+  if (d < dp) {
+    k_mean[d] = d < hd ? mean : 0.0f;
+    for (int j = 0; j < kSagePageSize; ++j) {
+      k_codes[static_cast<int64_t>(j) * dp + d] =
+          j < n && d < hd ? quantize_int8(__bfloat162float(ks[j][d]) - mean, kscale) : int8_t{0};
+    }
+  }
+  if (threadIdx.x == 0) {
+    k_scale[0] = kscale;
+    k_scale[1] = k_scale[2] = k_scale[3] = 0.0f;
+  }
+
+  if (p.dst_v16 != nullptr) {
+    // fp16 P.V reads V of a page quantized on the fly unquantized, in fp16, [dim][key].
+    __half* v16 = reinterpret_cast<__half*>(p.dst_v16) +
+                  static_cast<int64_t>(job.dst) * p.dst_v16_page_stride +
+                  static_cast<int64_t>(h) * p.dst_v16_head_stride;
+    if (d < dp) {
+      for (int j = 0; j < kSagePageSize; ++j) {
+        v16[static_cast<int64_t>(d) * kSagePageSize + j] =
+            j < n && d < hd ? __float2half_rn(__bfloat162float(vs[j][d])) : __float2half_rn(0.0f);
+      }
+    }
+    return;
+  }
+  // V: one scale per channel; codes transposed, keys permuted (sage_params.h).
+  if (d < dp) {
+    float vmax = 0.0f;
+    if (d < hd) {
+      for (int j = 0; j < n; ++j) vmax = fmaxf(vmax, fabsf(__bfloat162float(vs[j][d])));
+    }
+    const float vscale = vmax / 448.0f;
+    v_scale[d] = vscale;
+    for (int pos = 0; pos < kSagePageSize; ++pos) {
+      const int j = sage_v_key_of_position(pos);
+      uint8_t code = 0;
+      if (j < n && vscale > 0.0f) {
+        code =
+            __nv_cvt_float_to_fp8(__bfloat162float(vs[j][d]) / vscale, __NV_SATFINITE, __NV_E4M3);
+      }
+      v_codes[static_cast<int64_t>(d) * kSagePageSize + pos] = code;
+    }
+  }
+}
+
+// One CTA per (16-token block, query head, request): q' = q * q_factor, one scale per block.
+__global__ void __launch_bounds__(kQuantThreads) quantize_q_kernel(const SageParams p) {
+  const int seq = blockIdx.z, head = blockIdx.y;
+  const int q_begin = p.cu_seqlens_q[seq];
+  const int q_len = p.cu_seqlens_q[seq + 1] - q_begin;
+  const int t0 = blockIdx.x * kSageQBlockRows;
+  if (t0 >= q_len) return;
+  const int rows = min(kSageQBlockRows, q_len - t0);
+  const int row0 = p.cu_seqlens_q[0];
+  const int dp = p.head_dim_padded, hd = p.head_dim;
+  __shared__ float red[kQuantThreads / 32];
+  const bf16* q = static_cast<const bf16*>(p.q);
+  float local = 0.0f;
+  for (int e = threadIdx.x; e < rows * hd; e += blockDim.x) {
+    const int r = e / hd, d = e % hd;
+    const float x = __bfloat162float(q[static_cast<int64_t>(q_begin + t0 + r) * p.q_row_stride +
+                                       static_cast<int64_t>(head) * p.q_head_stride + d]) *
+                    p.q_factor;
+    local = fmaxf(local, fabsf(x));
+  }
+  const float scale = block_max(local, red) / 127.0f;
+  for (int e = threadIdx.x; e < rows * dp; e += blockDim.x) {
+    const int r = e / dp, d = e % dp;
+    const int64_t row = q_begin + t0 + r;
+    int8_t code = 0;
+    if (d < hd) {
+      const float x =
+          __bfloat162float(
+              q[row * p.q_row_stride + static_cast<int64_t>(head) * p.q_head_stride + d]) *
+          p.q_factor;
+      code = quantize_int8(x, scale);
+    }
+    p.q8[((row - row0) * p.num_heads + head) * dp + d] = code;
+    if (d == 0) p.q_scale[(row - row0) * p.num_heads + head] = scale;
+  }
+}
+
+}  // namespace
+
+void sage_quantize_pages_cuda(const SageQuantParams& p, CUstream_st* stream) {
+  if (p.num_jobs <= 0) return;
+  if (p.jobs == nullptr || p.dst8 == nullptr || p.num_kv_heads <= 0 ||
+      sage_padded_head_dim(p.head_dim) != p.head_dim_padded ||
+      p.dst_head_stride < sage_page_block_bytes(p.head_dim_padded)) {
+    detail::throw_error("sage_attn (CUDA): bad page quantization parameters");
+  }
+  const dim3 grid(p.num_jobs, p.num_kv_heads);
+  quantize_pages_kernel<<<grid, kQuantThreads, 0, stream>>>(p);
+  SAGELLM_CUDA_CHECK_LAUNCH();
+}
+
+namespace sm80 {
+
+cudaError_t launch_quantize_q(const SageParams& p, int max_q_len, cudaStream_t stream) {
+  const dim3 grid(sage_ceil_div(max_q_len, kSageQBlockRows), p.num_heads, p.num_seqs);
+  quantize_q_kernel<<<grid, kQuantThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace sm80
+
+}  // namespace sagellm::sage_cuda
