@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/batch_layout.h"
 #include "attention/flash/flash_cuda.h"
 #include "attention/flash/flash_launch_sm80.cuh"
 #include "attention/flash/flash_params.h"
@@ -91,38 +92,18 @@ FlashPlan select_flash_kernel(const AttentionShape& shape, const AttentionBatch&
     plan.run_prefill = plan.run_decode = plan.run_combine = false;
     return plan;
   };
-  if (batch.seqs.size() > static_cast<size_t>(kMaxGridYZ)) {
-    return reject(cat(batch.seqs.size(), " requests in one batch (at most ", kMaxGridYZ, ")"));
+  if (const std::string why = attention_batch_layout_error(batch, page_size, kMaxGridYZ);
+      !why.empty()) {
+    return reject(why);
   }
   const int group = shape.num_heads / shape.num_kv_heads;
   plan.split_offsets.assign(batch.seqs.size(), 0);
   plan.first_q_row = batch.seqs.empty() ? 0 : batch.seqs.front().q_start;
-  if (plan.first_q_row < 0) return reject(cat("request 0 has q_start ", plan.first_q_row));
   int64_t next_row = plan.first_q_row;
   int64_t slots = 0;
   for (size_t s = 0; s < batch.seqs.size(); ++s) {
     const AttentionSeq& seq = batch.seqs[s];
-    if (seq.q_start != next_row) {
-      return reject(cat("request ", s, " starts at q row ", seq.q_start,
-                        " but the previous one ends at row ", next_row,
-                        " (the q rows of a batch must be contiguous and in order)"));
-    }
-    if (seq.q_len < 0 || seq.kv_len < seq.q_len) {
-      return reject(cat("request ", s, " has q_len ", seq.q_len, " and kv_len ", seq.kv_len,
-                        " (need kv_len >= q_len >= 0)"));
-    }
-    const int64_t need = (static_cast<int64_t>(seq.kv_len) + page_size - 1) / page_size;
-    if (static_cast<int64_t>(seq.pages.size()) < need) {
-      return reject(cat("request ", s, " has ", seq.kv_len, " tokens but only ", seq.pages.size(),
-                        " pages of ", page_size, " tokens"));
-    }
-    for (int64_t i = 0; i < need; ++i) {
-      if (seq.pages[static_cast<size_t>(i)] < 0) {
-        return reject(cat("request ", s, " names page ", seq.pages[static_cast<size_t>(i)]));
-      }
-    }
     next_row += seq.q_len;
-    if (next_row > std::numeric_limits<int32_t>::max()) return reject("too many q rows");
     if (seq.q_len == 0) continue;
     if (flash_uses_split_kernel(seq.q_len, group)) {
       plan.run_decode = true;
