@@ -31,6 +31,7 @@ struct SchedulerOptions {
   bool enable_prefix_cache = true;
 };
 
+// A snapshot published at the end of each scheduler step (a reply may reach its client first).
 struct SchedulerStats {
   int running = 0;
   int waiting = 0;
