@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the GPU configuration (CUDA kernels for sm_90a and sm_80, statically linked but for the
 # CUDA driver and cuBLAS) and gathers what a GPU machine needs into .device/ (git-ignored): the
-# sagellm binary, the GPU test executables, scripts/gpu-check.sh and the fixtures they read, and
-# the python files of the SageAttention peer (scripts/fetch-sage-peer.sh) in .device/peers.
+# sagellm binary, the GPU test executables and the fixtures they read, the text corpora validate
+# reads, and the python files of the SageAttention peer (scripts/fetch-sage-peer.sh) in
+# .device/peers.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 shared=${SAGELLM_SHARED_DIR:-$root/../shared}
@@ -29,10 +30,12 @@ for f in .device/bin/*; do
   ldd "$f" 2>/dev/null | awk '/=> \//{print $3}'
 done | sort -u | grep -vE '/(libc|libm|libdl|librt|libpthread|libcuda|libcublas|libcublasLt|ld-linux[^/]*)\.so' |
   while read -r lib; do cp -L "$lib" .device/bin/lib/; done
-for m in ${SAGELLM_GPU_MODELS:-stories260K llama31-tiny-random llama-3.1-8b-shape}; do
+for m in ${SAGELLM_GPU_MODELS:-stories260K llama31-tiny-random llama-3.1-8b-shape passkey-4k}; do
   cp -r "$shared/models/$m" .device/shared/models/
   [[ -d $shared/golden/$m ]] && cp -r "$shared/golden/$m" .device/shared/golden/
 done
+# The text corpora (WikiText-2, TinyStories sample, haystack essays) validate reads.
+cp -r "$shared/data" .device/shared/
 # One compressed file keeps what travels to the GPU machine small; gpu-check.sh unpacks it.
 strip --strip-all .device/bin/* 2>/dev/null || true
 tar -C .device -cJf .device/bundle.tar.xz bin shared

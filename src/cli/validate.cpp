@@ -108,6 +108,10 @@ Action add_validate(CLI::App& root) {
   app->add_option("--load-format", o.engine.load_format,
                   "auto (safetensors) | dummy (seeded random weights: speed and memory only)")
       ->capture_default_str();
+  app->add_option("--mem-fraction-static", o.engine.mem_fraction_static,
+                  "GPU: fraction of GPU memory both engines' weights and KV caches may take (each "
+                  "cache is sized for the checks that run)")
+      ->capture_default_str();
   app->add_option("--context-length", o.engine.context_length,
                   "Maximum tokens per sequence (default: the model's max_position_embeddings)");
   app->add_option("--page-size", o.engine.page_size, "Tokens per KV cache page")

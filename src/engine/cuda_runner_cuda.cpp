@@ -137,6 +137,11 @@ class CudaRunner final : public ModelRunner {
     return model_.forward(batch, cache_, *attention_, observer);
   }
   size_t cuda_graphs_captured() const override { return model_.cuda_graphs_captured(); }
+  bool set_attention_timing(bool on) override {
+    model_.set_attention_timing(on);
+    return true;
+  }
+  double take_attention_seconds() override { return model_.take_attention_seconds(); }
   EngineMemory memory() const override {
     EngineMemory m;
     m.device = "cuda";

@@ -205,6 +205,7 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
 
   try {
     // Prefill each request in chunks, then sample its first token.
+    (void)runner_->take_attention_seconds();  // time left over from earlier calls
     const auto t_prefill = std::chrono::steady_clock::now();
     for (size_t i = 0; i < n; ++i) {
       const std::vector<int32_t>& p = requests[i].prompt;
@@ -233,7 +234,10 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
       accept(i,
              samplers[i].sample(std::span<const float>(last.data(), static_cast<size_t>(vocab))));
     }
-    if (stats) stats->prefill_seconds += seconds_since(t_prefill);
+    if (stats) {
+      stats->prefill_seconds += seconds_since(t_prefill);
+      stats->prefill_attention_seconds += runner_->take_attention_seconds();
+    }
 
     // Decode: every running request advances by one token per step.
     const auto t_decode = std::chrono::steady_clock::now();
@@ -257,7 +261,10 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
                    logits.data() + k * static_cast<size_t>(vocab), static_cast<size_t>(vocab))));
       }
     }
-    if (stats) stats->decode_seconds += seconds_since(t_decode);
+    if (stats) {
+      stats->decode_seconds += seconds_since(t_decode);
+      stats->decode_attention_seconds += runner_->take_attention_seconds();
+    }
   } catch (...) {
     for (Slot& s : slots) release(s);
     throw;

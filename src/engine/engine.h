@@ -52,6 +52,8 @@ struct GenerationResult {
 struct GenerationStats {
   double prefill_seconds = 0, decode_seconds = 0;
   int64_t prefill_tokens = 0, decode_tokens = 0;
+  // GPU time of the attention work in those phases, while Engine::set_attention_timing is on.
+  double prefill_attention_seconds = 0, decode_attention_seconds = 0;
 };
 
 // Called with (request index, newly emitted text, token id) as tokens are generated.
@@ -97,6 +99,9 @@ class Engine {
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
   EngineMemory memory() const;
   size_t cuda_graphs_captured() const { return runner_->cuda_graphs_captured(); }
+  // Times the attention work of each step (GPU engines only: returns false elsewhere); decode
+  // steps run without CUDA graphs while it is on. generate() reports the times in its stats.
+  bool set_attention_timing(bool on) { return runner_->set_attention_timing(on); }
 
  private:
   struct Slot {

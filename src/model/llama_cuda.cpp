@@ -135,7 +135,10 @@ void LlamaCudaModel::ensure_rows(int rows) {
   ++epoch_;
 }
 
-LlamaCudaModel::~LlamaCudaModel() { clear_graphs(); }
+LlamaCudaModel::~LlamaCudaModel() {
+  clear_graphs();
+  for (cudaEvent_t e : attention_events_) (void)cudaEventDestroy(e);
+}
 
 void LlamaCudaModel::clear_graphs() {
   for (auto& [key, g] : graphs_) {
@@ -167,7 +170,7 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
 
   // A decode step can be replayed from a graph keyed by its size, block-table width (a power of
   // two, so a growing context recaptures rarely) and whether it seals pages.
-  bool decode = use_graphs_ && !observer && rows <= kMaxGraphBatch &&
+  bool decode = use_graphs_ && !observer && !time_attention_ && rows <= kMaxGraphBatch &&
                 batch.logits_mode == LogitsMode::kLastPerSeq &&
                 batch.attention.seqs.size() == static_cast<size_t>(rows);
   int width = 1;
@@ -195,6 +198,9 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
   for (const auto* v : {&fr.position, &fr.page, &fr.slot, &fr.logits_rows}) {
     meta_host_.insert(meta_host_.end(), v->begin(), v->end());
   }
+  // Every segment takes `rows` entries (enqueue_step's offsets): pad the logits rows, of which
+  // there are fewer when only each request's last row is wanted.
+  meta_host_.resize(meta_host_.size() + static_cast<size_t>(rows - n_out), 0);
   if (int8) {
     meta_host_.insert(meta_host_.end(), kv_step.tail_slot.begin(), kv_step.tail_slot.end());
     meta_host_.push_back(static_cast<int32_t>(kv_step.seal_jobs.size()));
@@ -250,6 +256,15 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
     return logits;
   }
 
+  const size_t num_events = 2 * static_cast<size_t>(c.num_layers);
+  if (time_attention_ && attention_events_.size() < num_events) {
+    attention_events_.reserve(num_events);
+    while (attention_events_.size() < num_events) {
+      cudaEvent_t e = nullptr;
+      SAGELLM_CUDA_CHECK(cudaEventCreate(&e));
+      attention_events_.push_back(e);
+    }
+  }
   enqueue_step(cache, attention, rows, n_out, static_cast<int>(kv_step.seal_jobs.size()), observer);
   const bf16* head = lm_head_.empty() ? bf(embed_) : bf(lm_head_);
   const bf16* normed = n_out != rows ? bf(sel_) : bf(xn_);  // as enqueue_step chose
@@ -265,7 +280,21 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
                            s);
   }
   stream_.synchronize();
+  if (time_attention_) {
+    for (size_t li = 0; li < num_events / 2; ++li) {
+      float ms = 0;
+      SAGELLM_CUDA_CHECK(
+          cudaEventElapsedTime(&ms, attention_events_[2 * li], attention_events_[2 * li + 1]));
+      attention_seconds_ += ms * 1e-3;
+    }
+  }
   return logits;
+}
+
+double LlamaCudaModel::take_attention_seconds() {
+  const double t = attention_seconds_;
+  attention_seconds_ = 0;
+  return t;
 }
 
 void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, int rows, int n_out,
@@ -316,6 +345,9 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
     rp.inv_freq = inv_freq_.data();
     rp.positions = d_pos;
     gpu::rope(rp, s);
+    const bool timed = time_attention_ && !attention_events_.empty();
+    const size_t ev = 2 * static_cast<size_t>(li);
+    if (timed) SAGELLM_CUDA_CHECK(cudaEventRecord(attention_events_[ev], s));
     if (int8 && seal_grid > 0) {
       // Before the tail write: a tail slot a seal gives up may be written by this step (see
       // kv_cache_step.h).
@@ -357,6 +389,7 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
     kw.num_pages = int8 ? cache.num_tail_slots() : ks.num_pages;
     gpu::kv_cache_write(kw, s);
     attention.run(cache.layer(li), qkv, qkv_dim, att, s);
+    if (timed) SAGELLM_CUDA_CHECK(cudaEventRecord(attention_events_[ev + 1], s));
     gemm_.linear(att, bf(l.o), delta, rows, h, nh * d, s);
     gpu::add_rmsnorm(resid, delta, bf(l.post_norm), xn, rows, h, eps, s);
     gemm_.linear(xn, bf(l.gate_up), bf(gate_up_), rows, 2 * inter, h, s);

@@ -78,6 +78,13 @@ class LlamaCudaModel {
   void set_cuda_graphs(bool on) { use_graphs_ = on; }
   size_t cuda_graphs_captured() const { return graphs_captured_; }
 
+  // While on, each layer's attention work (8-bit page sealing, the KV write and the attention
+  // kernels) is bracketed by CUDA events and its GPU time added up; steps run without graphs
+  // (an event pair per layer cannot be read back from a replay). take_attention_seconds() returns
+  // the total since the last call and clears it.
+  void set_attention_timing(bool on) { time_attention_ = on; }
+  double take_attention_seconds();
+
  private:
   struct Layer {
     DeviceBuffer<uint16_t> input_norm, qkv, o, post_norm, gate_up, down;  // bf16 bits
@@ -118,6 +125,10 @@ class LlamaCudaModel {
   std::map<GraphKey, Graph> graphs_;
   std::set<GraphKey> seen_;
   size_t graphs_captured_ = 0;
+
+  bool time_attention_ = false;
+  std::vector<cudaEvent_t> attention_events_;  // [layer][start, stop], created on first use
+  double attention_seconds_ = 0;
 };
 
 }  // namespace sagellm

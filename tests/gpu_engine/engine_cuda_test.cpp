@@ -320,6 +320,61 @@ TEST(CudaEngine, CudaGraphDecodeEqualsDirectLaunches) {
   EXPECT_EQ(decode_logits(graphs, prompts, 150), a);
 }
 
+// Prefills `prompts` in one forward step, each in its own fresh pages; returns the logits.
+std::vector<float> prefill_logits(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
+                                  LogitsMode mode) {
+  ForwardBatch b;
+  b.logits_mode = mode;
+  for (const auto& p : prompts) {
+    AttentionSeq s;
+    s.q_start = static_cast<int>(b.tokens.size());
+    s.q_len = static_cast<int>(p.size());
+    s.kv_len = s.q_len;
+    const int64_t pages = (static_cast<int64_t>(p.size()) + e.page_size() - 1) / e.page_size();
+    for (int64_t i = 0; i < pages; ++i) s.pages.push_back(*e.allocate_page());
+    b.tokens.insert(b.tokens.end(), p.begin(), p.end());
+    b.attention.seqs.push_back(s);
+  }
+  std::vector<float> l = e.forward(b);
+  for (const AttentionSeq& s : b.attention.seqs) {
+    for (int p : s.pages) e.release_page(p);
+  }
+  return l;
+}
+
+// A prefill that returns only each request's last row (what generation does) agrees with one
+// returning every row, alone and with 47 other requests in the step: the per-row metadata the step
+// uploads (and, with the 8-bit cache, its tail slots and page seals) does not depend on how many
+// logits rows are wanted. (Not bitwise: cuBLASLt may pick another GEMM for another row count.)
+TEST(CudaEngine, LastRowLogitsAgreeWithAllRowsAloneAndInABatch) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  std::vector<std::vector<int32_t>> prompts(48);
+  for (auto& p : prompts) {
+    p.resize(70 + rng() % 90);  // 70..159 tokens: one or two sealed 64-token pages and a tail
+    for (int32_t& t : p) t = 3 + static_cast<int32_t>(rng() % 500);
+  }
+  for (const char* backend : {"flash", "sage_attn"}) {
+    SCOPED_TRACE(backend);
+    EngineOptions o = cuda_options(model_dir("stories260K"));
+    o.attention_backend = backend;
+    Engine e(o);
+    const size_t vocab = static_cast<size_t>(e.config().vocab_size);
+    const std::vector<float> batch = prefill_logits(e, prompts, LogitsMode::kLastPerSeq);
+    ASSERT_EQ(batch.size(), prompts.size() * vocab);
+    for (size_t i = 0; i < prompts.size(); i += 7) {
+      const std::vector<float> all = prefill_logits(e, {prompts[i]}, LogitsMode::kAll);
+      const std::vector<float> last = prefill_logits(e, {prompts[i]}, LogitsMode::kLastPerSeq);
+      const float* want = all.data() + (prompts[i].size() - 1) * vocab;
+      const LogitDiff alone = compare(want, last.data(), 1, vocab);
+      const LogitDiff batched = compare(want, batch.data() + i * vocab, 1, vocab);
+      EXPECT_LT(alone.mean_kl, 1e-4) << "request " << i;
+      EXPECT_EQ(alone.same_top1, 1.0) << "request " << i;
+      EXPECT_LT(batched.mean_kl, 1e-3) << "request " << i;
+    }
+  }
+}
+
 TEST(CudaEngine, ClearErrors) {
   SKIP_WITHOUT_GPU();
   EngineOptions o = cuda_options(model_dir("stories260K"));

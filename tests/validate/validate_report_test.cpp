@@ -536,6 +536,32 @@ TEST(Validate, FlashAgainstItselfHasExactlyZeroKld) {
   fs::remove_all(out);
 }
 
+// Both engines' caches are sized for the checks that run (on a GPU they share its memory): the
+// runtime probe alone needs a few pages, the throughput grid its largest batch at its longest
+// prompt.
+TEST(Validate, CachesAreSizedForTheChecksThatRun) {
+  const fs::path out =
+      fs::temp_directory_path() / ("sagellm_validate_cache_" + std::to_string(::getpid()));
+  v::ValidateOptions o = quick_options(out);
+  o.checks = v::parse_checks("runtime");
+  const json small = v::run_validate(o)["checks"]["runtime"]["engines"];
+  o.checks = v::parse_checks("runtime,throughput");
+  o.batch_sizes = {1, 3};
+  o.context_lengths = {64, 200};
+  o.output_len = 8;
+  const json grid = v::run_validate(o)["checks"]["runtime"]["engines"];
+  for (const char* role : {"baseline", "candidate"}) {
+    SCOPED_TRACE(role);
+    const int64_t few = small[role]["cache_tokens"];
+    const int64_t many = grid[role]["cache_tokens"];
+    EXPECT_GE(few, 16 + 16);         // the probe: a short prompt and 16 tokens
+    EXPECT_LT(few, 512);             // not the context length, nor a batch of it
+    EXPECT_GE(many, 3 * (200 + 8));  // three requests of 200 + 8 tokens at once
+    EXPECT_LT(many, 3 * 512);
+  }
+  fs::remove_all(out);
+}
+
 TEST(Validate, BadInputsAreClearErrors) {
   v::ValidateOptions o = quick_options(fs::temp_directory_path() / "unused");
   o.corpora.clear();

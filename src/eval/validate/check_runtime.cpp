@@ -19,6 +19,8 @@ constexpr const char* kUnknownBackend = "no_such_backend";
 // Builds an engine, recording how long it took and how much resident memory it added (weights
 // plus the CPU cache storage). Returns null and records the error when it cannot be built.
 std::unique_ptr<Engine> build_engine(const EngineOptions& o, json& record) {
+  const bool gpu = o.device != "cpu";
+  const size_t device0 = gpu ? device_used_bytes() : 0;
   const size_t rss0 = current_rss_bytes();
   const auto t0 = std::chrono::steady_clock::now();
   record["backend_requested"] = o.attention_backend;
@@ -28,6 +30,10 @@ std::unique_ptr<Engine> build_engine(const EngineOptions& o, json& record) {
     record["load_seconds"] = seconds_since(t0);
     const size_t rss1 = current_rss_bytes();
     record["rss_growth_bytes"] = rss0 > 0 && rss1 >= rss0 ? json(rss1 - rss0) : json(nullptr);
+    if (gpu) {
+      const size_t device1 = device_used_bytes();
+      record["device_used_growth_bytes"] = device1 >= device0 ? json(device1 - device0) : json(0);
+    }
     record["backend"] = std::string(e->attention().name());
     record["kv_cache_dtype"] = std::string(kv_cache_dtype_name(e->kv_cache_dtype()));
     record["cache_tokens"] = static_cast<int64_t>(e->num_pages()) * e->page_size();

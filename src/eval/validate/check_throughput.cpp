@@ -85,9 +85,15 @@ json check_throughput(Session& s) {
   out["context_lengths"] = o.context_lengths;
   out["method"] =
       "tokens/s from Engine::generate (prefill: all prompt tokens / prefill wall time; decode: "
-      "generated tokens after the first / decode wall time); attention share: wall time inside "
-      "AttentionBackend::forward / wall time of LlamaModel::forward, for one request's prefill "
-      "and for decode steps at the cell's batch size and context";
+      "generated tokens after the first / decode wall time)";
+  out["attention_share_method"] =
+      step_timing
+          ? "CPU: wall time inside AttentionBackend::forward / wall time of LlamaModel::forward, "
+            "for one request's prefill and for decode steps at the cell's batch size and context"
+          : "GPU: a second Engine::generate of the cell's requests (up to 8 new tokens each) with "
+            "each layer's attention work (8-bit page sealing, KV write, attention kernels) "
+            "bracketed by CUDA events; GPU time of those spans / wall time of the prefill and "
+            "of the decode phase (decode steps eager, without CUDA graphs)";
   out["cells"] = json::array();
   const size_t cells = o.batch_sizes.size() * o.context_lengths.size() * 2;
   Progress progress("throughput", cells);
@@ -143,6 +149,26 @@ json check_throughput(Session& s) {
                           {"decode_tokens", sh.decode_tokens},
                           {"decode_seconds", sh.decode_seconds},
                           {"decode_attention_seconds", sh.decode_attention_seconds}};
+        } else if (e->set_attention_timing(true)) {
+          // A second run of the same requests with the attention work bracketed by CUDA events
+          // (its decode steps run without graphs, so its tokens/s are not the cell's).
+          for (GenerationRequest& r : reqs) r.sampling.max_tokens = std::min(o.output_len, 8);
+          GenerationStats ts;
+          try {
+            e->generate(reqs, {}, &ts);
+          } catch (...) {
+            e->set_attention_timing(false);
+            throw;
+          }
+          e->set_attention_timing(false);
+          cell["attention_share_prefill"] = ts.prefill_attention_seconds / ts.prefill_seconds;
+          cell["attention_share_decode"] = ts.decode_attention_seconds / ts.decode_seconds;
+          cell["step"] = {{"prefill_tokens", ts.prefill_tokens},
+                          {"prefill_seconds", ts.prefill_seconds},
+                          {"prefill_attention_seconds", ts.prefill_attention_seconds},
+                          {"decode_tokens", ts.decode_tokens},
+                          {"decode_seconds", ts.decode_seconds},
+                          {"decode_attention_seconds", ts.decode_attention_seconds}};
         } else {
           cell["attention_share_prefill"] = nullptr;
           cell["attention_share_decode"] = nullptr;
@@ -153,9 +179,6 @@ json check_throughput(Session& s) {
     }
   }
   progress.finish();
-  if (!step_timing) {
-    out["attention_share_note"] = "attention share is measured on the CPU engine only so far";
-  }
   if (o.engine.device == "cpu") {
     out["note"] =
         "CPU run: the sage_attn CPU twin emulates the 8-bit numerics in float32 (quantize, then "

@@ -5,6 +5,8 @@
 
 #include <cstdio>
 
+#include "core/cuda_device.h"
+
 namespace sagellm::eval::validate {
 
 size_t current_rss_bytes() {
@@ -21,6 +23,12 @@ size_t peak_rss_bytes() {
   rusage u{};
   if (getrusage(RUSAGE_SELF, &u) != 0) return 0;
   return static_cast<size_t>(u.ru_maxrss) * 1024;  // Linux reports kilobytes
+}
+
+size_t device_used_bytes() {
+  if (cuda_device_count() == 0) return 0;
+  const GpuMemoryInfo m = gpu_memory_info();
+  return m.total - m.free;
 }
 
 }  // namespace sagellm::eval::validate

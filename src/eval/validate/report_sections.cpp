@@ -145,13 +145,17 @@ std::string key_numbers(const std::string& id, const json& s, const json& report
 }
 
 void runtime_section(const json& s, Section& out) {
-  Table eng{"Engines", {"role", "backend", "loaded", "load s", "KV cache", "RSS growth"}, {}};
+  Table eng{"Engines",
+            {"role", "backend", "loaded", "load s", "KV cache", "cache tokens", "RSS growth",
+             "device memory growth"},
+            {}};
   for (const char* role : {"baseline", "candidate"}) {
     const json& e = at(at(s, "engines"), role);
-    eng.rows.push_back({role,
-                        str(e.contains("backend") ? e["backend"] : at(e, "backend_requested")),
-                        yes_no(at(e, "loaded")), fmt_g(at(e, "load_seconds"), 3),
-                        str(at(e, "kv_cache_dtype")), fmt_bytes(at(e, "rss_growth_bytes"))});
+    eng.rows.push_back(
+        {role, str(e.contains("backend") ? e["backend"] : at(e, "backend_requested")),
+         yes_no(at(e, "loaded")), fmt_g(at(e, "load_seconds"), 3), str(at(e, "kv_cache_dtype")),
+         str(at(e, "cache_tokens")), fmt_bytes(at(e, "rss_growth_bytes")),
+         fmt_bytes(at(e, "device_used_growth_bytes"))});
   }
   out.tables.push_back(eng);
   Table gen{"Greedy generation (prompt \"Once upon a time\")",
@@ -247,8 +251,10 @@ void throughput_section(const json& s, Section& out) {
   }
   out.tables.push_back(t);
   out.paragraphs.push_back(str(s["method"]) + ".");
+  if (s.contains("attention_share_method")) {
+    out.paragraphs.push_back("Attention share: " + str(s["attention_share_method"]) + ".");
+  }
   if (s.contains("note")) out.paragraphs.push_back(str(s["note"]));
-  if (s.contains("attention_share_note")) out.paragraphs.push_back(str(s["attention_share_note"]));
 }
 
 void memory_section(const json& s, const json& report, Section& out) {
@@ -257,22 +263,31 @@ void memory_section(const json& s, const json& report, Section& out) {
       "Weights: {} parameters; this process holds them as {} ({}); in bf16 they take {}.",
       str(w["parameters"]), str(w["dtype_held"]), fmt_bytes(w["bytes_held"]),
       fmt_bytes(w["bf16_bytes"])));
+  const bool gpu = s.contains("device_total_bytes");
   Table t{fmt::format("KV cache (budget {} GiB, context {})", fmt_g(s["kv_budget_gib"], 4),
                       str(report["model"]["context_length"])),
           {"backend", "KV dtype", "bytes/token", "capacity tokens", "max-context requests",
-           "engine RSS growth", "CPU cache RSS/token"},
+           "engine RSS growth", gpu ? "engine device memory" : "CPU cache RSS/token"},
           {}};
   for (const json& b : s["backends"]) {
-    const json& cpu = at(b, "cpu_cache");
+    const json& load = at(b, "engine_load");
     t.rows.push_back({str(b["backend"]), str(b["kv_cache_dtype"]), str(b["bytes_per_token"]),
                       str(b["capacity_tokens"]), str(b["capacity_requests_at_max_context"]),
-                      fmt_bytes(at(at(b, "engine_load"), "rss_growth_bytes")),
-                      fmt_g(at(cpu, "measured_bytes_per_token"), 4)});
+                      fmt_bytes(at(load, "rss_growth_bytes")),
+                      gpu ? fmt_bytes(at(load, "device_used_growth_bytes"))
+                          : fmt_g(at(at(b, "cpu_cache"), "measured_bytes_per_token"), 4)});
   }
   out.tables.push_back(t);
   out.paragraphs.push_back(
       fmt::format("Peak resident memory of this run (every check, both engines): {}.",
                   fmt_bytes(s["peak_rss_bytes"])));
+  if (gpu) {
+    out.paragraphs.push_back(fmt::format(
+        "Device memory in use (cudaMemGetInfo, both engines loaded): {} of {}; the most seen "
+        "after any check: {}.",
+        fmt_bytes(s["device_used_bytes"]), fmt_bytes(s["device_total_bytes"]),
+        fmt_bytes(s["device_used_max_sampled_bytes"])));
+  }
   Table m{"What the numbers mean", {"number", "meaning"}, {}};
   for (auto& [k, v] : s["meaning"].items()) m.rows.push_back({k, str(v)});
   out.tables.push_back(m);

@@ -30,6 +30,9 @@ struct Session {
   std::unique_ptr<Engine> base, cand;
   // Filled by the runtime check (engine construction), read by the memory check.
   nlohmann::json engine_loads = nlohmann::json::object();
+  // GPU runs: the most device memory in use seen after the engines were built and after each
+  // check (cudaMemGetInfo).
+  size_t device_used_max = 0;
   std::vector<Corpus> corpora;
   std::vector<Corpus> long_corpora;
   std::string haystack;

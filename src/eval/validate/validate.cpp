@@ -9,8 +9,10 @@
 #include <sstream>
 
 #include "core/build_info.h"
+#include "core/cuda_device.h"
 #include "core/error.h"
 #include "eval/validate/passkey.h"
+#include "eval/validate/process_memory.h"
 #include "eval/validate/session.h"
 #include "io/model_config.h"
 
@@ -132,18 +134,27 @@ json options_json(const ValidateOptions& o) {
           {"sage_pv_dtype", o.engine.attention_options.sage_pv_dtype}};
 }
 
-// Tokens the engines' caches must hold for the largest batch any check submits at once.
+// Tokens the engines' caches must hold for the largest batch the checks that run submit at once
+// (on a GPU both engines' caches share its memory, so checks left out do not size them).
 int64_t cache_tokens_needed(const ValidateOptions& o, int64_t context) {
   const int64_t page = o.engine.page_size;
   auto batch = [&](int64_t requests, int64_t tokens) { return requests * (tokens + page); };
-  int64_t need = context + page;
-  const int max_b = *std::max_element(o.batch_sizes.begin(), o.batch_sizes.end());
-  const int max_c = *std::max_element(o.context_lengths.begin(), o.context_lengths.end());
-  need = std::max(need, batch(max_b, std::min<int64_t>(context, max_c + o.output_len)));
-  const int max_l = *std::max_element(o.passkey_lengths.begin(), o.passkey_lengths.end());
-  need = std::max(need, batch(std::min(o.passkey_trials, 8), max_l));
-  need = std::max(need, batch(o.greedy_prompts, o.greedy_prompt_tokens + 1 + o.greedy_tokens));
-  need = std::max(need, batch(4, o.drift_tokens + o.greedy_tokens));
+  // The runtime probe and the scoring checks: one request of up to the context length.
+  int64_t need = 64 + page;
+  if (o.runs("logits") || o.runs("perplexity") || o.runs("context")) need = context + page;
+  if (o.runs("throughput")) {
+    const int max_b = *std::max_element(o.batch_sizes.begin(), o.batch_sizes.end());
+    const int max_c = *std::max_element(o.context_lengths.begin(), o.context_lengths.end());
+    need = std::max(need, batch(max_b, std::min<int64_t>(context, max_c + o.output_len)));
+  }
+  if (o.runs("context")) {
+    const int max_l = *std::max_element(o.passkey_lengths.begin(), o.passkey_lengths.end());
+    need = std::max(need, batch(std::min(o.passkey_trials, 8), max_l));
+  }
+  if (o.runs("logits")) {
+    need = std::max(need, batch(o.greedy_prompts, o.greedy_prompt_tokens + 1 + o.greedy_tokens));
+  }
+  if (o.runs("drift")) need = std::max(need, batch(4, o.drift_tokens + o.greedy_tokens));
   return need;
 }
 
@@ -178,13 +189,16 @@ std::vector<Corpus> tokenize_all(const Tokenizer& tok, const std::vector<fs::pat
 
 // Runs one check, recording its wall time and turning an error into a failed section.
 template <typename F>
-void run_check(json& report, const std::string& name, F&& body) {
+void run_check(Session& s, json& report, const std::string& name, F&& body) {
   const auto t0 = std::chrono::steady_clock::now();
   json section;
   try {
     section = body();
   } catch (const std::exception& e) {
     section = json{{"error", e.what()}};
+  }
+  if (s.opt.engine.device != "cpu") {
+    s.device_used_max = std::max(s.device_used_max, device_used_bytes());
   }
   section["seconds"] = seconds_since(t0);
   report["checks"][name] = std::move(section);
@@ -212,9 +226,11 @@ json run_validate(ValidateOptions options) {
   report["git_commit"] = std::string(git_commit());
   report["command_line"] = options.command_line;
   report["started_at"] = utc_now();
-  report["device"] = {{"kind", options.engine.device},
-                      {"name", options.engine.device == "cpu" ? cpu_model_name() : "unknown"},
-                      {"threads", omp_get_max_threads()}};
+  report["device"] = {
+      {"kind", options.engine.device},
+      {"name", options.engine.device == "cpu" ? cpu_model_name() : describe_gpu(gpu_info(0))},
+      {"cpu", cpu_model_name()},
+      {"threads", omp_get_max_threads()}};
   report["model"] = model_json(options, config, s.context);
   report["baseline"] = options.baseline_backend;
   report["candidate"] = options.candidate_backend;
@@ -228,7 +244,7 @@ json run_validate(ValidateOptions options) {
 
   // The runtime check builds the engines every other check uses, so it always runs; its section
   // is kept only when it was asked for.
-  run_check(report, "runtime", [&] { return check_runtime(s); });
+  run_check(s, report, "runtime", [&] { return check_runtime(s); });
   const bool engines_ok = s.base != nullptr && s.cand != nullptr;
   if (!options.runs("runtime")) {
     const json rt = report["checks"]["runtime"];
@@ -264,7 +280,7 @@ json run_validate(ValidateOptions options) {
     }
     if (n == "logits" || n == "perplexity") {
       json ppl;
-      run_check(report, n, [&] {
+      run_check(s, report, n, [&] {
         auto [logits, perplexity] = check_logits_and_perplexity(s);
         ppl = std::move(perplexity);
         return options.runs("logits") ? logits : ppl;
@@ -280,13 +296,13 @@ json run_validate(ValidateOptions options) {
         }
       }
     } else if (n == "throughput") {
-      run_check(report, n, [&] { return check_throughput(s); });
+      run_check(s, report, n, [&] { return check_throughput(s); });
     } else if (n == "memory") {
-      run_check(report, n, [&] { return check_memory(s); });
+      run_check(s, report, n, [&] { return check_memory(s); });
     } else if (n == "drift") {
-      run_check(report, n, [&] { return check_drift(s); });
+      run_check(s, report, n, [&] { return check_drift(s); });
     } else if (n == "context") {
-      run_check(report, n, [&] { return check_context(s); });
+      run_check(s, report, n, [&] { return check_context(s); });
     }
   }
 
