@@ -38,6 +38,7 @@ struct BenchArgs {
   int repeats = 1;
   uint64_t seed = 0;
   bool json = false;
+  bool attention_share = false;
   std::string output;
 };
 
@@ -94,6 +95,8 @@ struct CellTiming {
   double decode_seconds = 0;
   std::vector<double> decode_step_seconds;
   int64_t prefill_steps = 0;
+  // While Engine::set_attention_timing is on: the attention time inside each phase.
+  double prefill_attention_seconds = 0, decode_attention_seconds = 0;
 };
 
 CellTiming run_cell(Engine& e, const std::vector<std::vector<int32_t>>& prompts, int output_len,
@@ -108,6 +111,7 @@ CellTiming run_cell(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
   }
   std::vector<int32_t> next(n, 0);
   CellTiming t;
+  (void)e.take_attention_seconds();  // time left over from earlier calls
 
   const auto t_prefill = std::chrono::steady_clock::now();
   const auto chunk = static_cast<size_t>(std::max(1, prefill_chunk));
@@ -142,6 +146,7 @@ CellTiming run_cell(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
     }
   }
   t.prefill_seconds = seconds_since(t_prefill);
+  t.prefill_attention_seconds = e.take_attention_seconds();
 
   const auto t_decode = std::chrono::steady_clock::now();
   for (int step = 1; step < output_len; ++step) {
@@ -163,6 +168,7 @@ CellTiming run_cell(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
     t.decode_step_seconds.push_back(seconds_since(t_step));
   }
   t.decode_seconds = seconds_since(t_decode);
+  t.decode_attention_seconds = e.take_attention_seconds();
   return t;
 }
 
@@ -244,6 +250,31 @@ json bench_cell(Engine& e, const BenchArgs& a, int batch, int input_len, uint64_
   }
   c["kv_bytes"] = m.kv_bytes_per_token * static_cast<size_t>(batch) *
                   static_cast<size_t>(input_len + a.output_len - 1);
+  if (a.attention_share) {
+    // One more run with the attention work timed (GPU decode steps then run without graphs, so
+    // its tokens/s are not the cell's): the share of each phase's wall time spent in attention.
+    if (e.set_attention_timing(true)) {
+      CellTiming t;
+      try {
+        t = run_cell(e, prompts, a.output_len, a.engine.prefill_chunk);
+      } catch (...) {
+        e.set_attention_timing(false);
+        throw;
+      }
+      e.set_attention_timing(false);
+      c["attention_share_prefill"] = t.prefill_attention_seconds / t.prefill_seconds;
+      c["attention_share_decode"] = t.decode_seconds > 0
+                                        ? json(t.decode_attention_seconds / t.decode_seconds)
+                                        : json(nullptr);
+      c["attention_timed_run"] = {{"prefill_seconds", t.prefill_seconds},
+                                  {"prefill_attention_seconds", t.prefill_attention_seconds},
+                                  {"decode_seconds", t.decode_seconds},
+                                  {"decode_attention_seconds", t.decode_attention_seconds}};
+    } else {
+      c["attention_share_prefill"] = nullptr;
+      c["attention_share_decode"] = nullptr;
+    }
+  }
   c["peak_rss_bytes"] = eval::validate::peak_rss_bytes();
   if (m.device_total_bytes > 0) c["device_used_bytes"] = m.device_used_bytes;
   return c;
@@ -283,6 +314,14 @@ void print_table(const json& j) {
             ? fmt::format("{:.3f}", c["decode_step_seconds_median"].get<double>() * 1e3).c_str()
             : "-",
         c["kv_bytes"].get<double>() / (1024.0 * 1024.0));
+    if (c.contains("attention_share_prefill")) {
+      auto pct = [](const json& v) {
+        return v.is_number() ? fmt::format("{:.1f}%", 100.0 * v.get<double>()) : std::string("-");
+      };
+      std::printf("%22s attention share: prefill %s, decode %s\n", "",
+                  pct(c["attention_share_prefill"]).c_str(),
+                  pct(c["attention_share_decode"]).c_str());
+    }
   }
   std::fflush(stdout);
 }
@@ -381,6 +420,10 @@ Action add_bench(CLI::App& root) {
       ->check(CLI::Range(1, 1000));
   app->add_option("--seed", a.seed, "Seed of the random prompts")->capture_default_str();
   app->add_flag("--json", a.json, "Print the results as one JSON object instead of a table");
+  app->add_flag("--attention-share", a.attention_share,
+                "Run each cell once more with the attention work timed (CPU: wall time inside the "
+                "backend; GPU: CUDA events around each layer's KV write, 8-bit sealing and "
+                "attention kernels) and report its share of prefill and decode time");
   app->add_option("--output", a.output, "Also write the JSON results to this file");
   return [args] { return run_bench(*args); };
 }

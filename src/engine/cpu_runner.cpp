@@ -1,6 +1,7 @@
 // The CPU execution target: LlamaModel (float32) over a PagedKVCache in host memory.
 #include <algorithm>
 
+#include "attention/timed_attention.h"
 #include "core/error.h"
 #include "engine/engine.h"
 #include "engine/model_runner.h"
@@ -54,7 +55,17 @@ class CpuRunner final : public ModelRunner {
   void release_page(int page) override { cache_.release(page); }
   std::vector<float> forward(const ForwardBatch& batch,
                              const ActivationObserver& observer) override {
+    if (time_attention_) return model_.forward(batch, cache_, timed_, observer);
     return model_.forward(batch, cache_, backend_, observer);
+  }
+  bool set_attention_timing(bool on) override {
+    time_attention_ = on;
+    return true;
+  }
+  double take_attention_seconds() override {
+    const double t = timed_.seconds();
+    timed_.reset();
+    return t;
   }
   EngineMemory memory() const override {
     EngineMemory m;
@@ -72,6 +83,8 @@ class CpuRunner final : public ModelRunner {
  private:
   LlamaModel model_;
   const AttentionBackend& backend_;
+  TimedAttention timed_{backend_};  // wall time inside the backend, while timing is on
+  bool time_attention_ = false;
   PagedKVCache cache_;
 };
 

@@ -99,9 +99,11 @@ class Engine {
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
   EngineMemory memory() const;
   size_t cuda_graphs_captured() const { return runner_->cuda_graphs_captured(); }
-  // Times the attention work of each step (GPU engines only: returns false elsewhere); decode
-  // steps run without CUDA graphs while it is on. generate() reports the times in its stats.
+  // Times the attention work of each step (ModelRunner::set_attention_timing; GPU decode steps run
+  // without CUDA graphs while it is on). generate() reports the times in its stats;
+  // take_attention_seconds() returns the total since the last call, for callers of forward().
   bool set_attention_timing(bool on) { return runner_->set_attention_timing(on); }
+  double take_attention_seconds() { return runner_->take_attention_seconds(); }
 
  private:
   struct Slot {

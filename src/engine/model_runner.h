@@ -45,8 +45,10 @@ class ModelRunner {
   virtual EngineMemory memory() const = 0;
   // CUDA graphs captured so far for decode steps (0 on the CPU).
   virtual size_t cuda_graphs_captured() const { return 0; }
-  // GPU time of the attention work inside forward steps (see LlamaCudaModel): returns false where
-  // the runner cannot time it. take_attention_seconds() returns the total since the last call.
+  // Times the attention work inside forward steps (CPU: wall time inside the attention backend;
+  // GPU: GPU time of each layer's sealing, KV write and attention kernels, see LlamaCudaModel);
+  // returns false where the runner cannot time it. take_attention_seconds() returns the total
+  // since the last call.
   virtual bool set_attention_timing(bool /*on*/) { return false; }
   virtual double take_attention_seconds() { return 0; }
   // The CPU model and cache, for measurements that drive them directly (validate); null on the GPU.

@@ -258,6 +258,35 @@ TEST(Bench, CellsThatDoNotFitTheKvCacheAreSkipped) {
       << j["cells"][1]["skipped"];
 }
 
+// --attention-share times the attention inside one more run of each cell: a fraction of each
+// phase, and in decode larger at a long context than at a short one (a decode step's attention
+// reads the whole context, the rest of the step does not grow with it).
+TEST(Bench, AttentionShareIsAFractionThatGrowsWithTheContext) {
+  for (const char* backend : {"flash", "sage_attn"}) {
+    SCOPED_TRACE(backend);
+    const json j = run_json("bench --model " + stories() +
+                            " --batch-sizes 2 --input-lens 8,480 --output-len 6 --repeats 1 "
+                            "--attention-share --attention-backend " +
+                            backend);
+    ASSERT_EQ(j["cells"].size(), 2u) << j.dump();
+    for (const json& c : j["cells"]) {
+      for (const char* k : {"attention_share_prefill", "attention_share_decode"}) {
+        ASSERT_TRUE(c[k].is_number()) << c.dump();
+        EXPECT_GT(c[k].get<double>(), 0.0) << k;
+        EXPECT_LT(c[k].get<double>(), 1.0) << k;
+      }
+      const json& t = c["attention_timed_run"];
+      EXPECT_LE(t["decode_attention_seconds"].get<double>(), t["decode_seconds"].get<double>());
+    }
+    EXPECT_GT(j["cells"][1]["attention_share_decode"].get<double>(),
+              j["cells"][0]["attention_share_decode"].get<double>());
+  }
+  // Without the flag the cells carry no share.
+  const json plain =
+      run_json("bench --model " + stories() + " --batch-sizes 1 --input-lens 8 --output-len 2");
+  EXPECT_FALSE(plain["cells"][0].contains("attention_share_decode"));
+}
+
 TEST(Bench, DummyWeightsTableAndOutputFile) {
   const fs::path out =
       fs::temp_directory_path() / ("sagellm_bench_" + std::to_string(::getpid()) + ".json");

@@ -17,7 +17,7 @@
 #include "engine/engine.h"
 #include "eval/validate/step_runner.h"
 #include "eval/validate/svg_chart.h"
-#include "eval/validate/timed_attention.h"
+#include "attention/timed_attention.h"
 #include "eval/validate/validate.h"
 
 namespace sagellm {
@@ -53,7 +53,7 @@ TEST(StepRunner, TimedStepsEqualEngineScore) {
     Engine e(stories(backend));
     const std::vector<int32_t> ids = seeded_ids(200, 5);
     const std::vector<float> want = e.score(ids);
-    v::TimedAttention timed(e.attention());
+    TimedAttention timed(e.attention());
     EXPECT_EQ(timed.name(), backend);
     v::StepRunner runner(e.model(), timed, e.cache().dtype(), 64, 256);
     const int r = runner.add_request();

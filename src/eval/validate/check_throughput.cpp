@@ -9,7 +9,7 @@
 #include "core/logging.h"
 #include "eval/validate/session.h"
 #include "eval/validate/step_runner.h"
-#include "eval/validate/timed_attention.h"
+#include "attention/timed_attention.h"
 
 namespace sagellm::eval::validate {
 

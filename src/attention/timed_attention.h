@@ -1,5 +1,6 @@
-// An AttentionBackend that forwards to another and adds up the wall time spent inside it, so the
-// throughput check measures attention's share of a forward step instead of estimating it.
+// An AttentionBackend that forwards to another and adds up the wall time spent inside it, so
+// attention's share of a forward step is measured instead of estimated (the CPU engine's
+// attention timing, validate's step-level throughput check).
 #pragma once
 
 #include <chrono>
@@ -8,7 +9,7 @@
 
 #include "attention/backend.h"
 
-namespace sagellm::eval::validate {
+namespace sagellm {
 
 class TimedAttention final : public AttentionBackend {
  public:
@@ -38,4 +39,4 @@ class TimedAttention final : public AttentionBackend {
   mutable int64_t calls_ = 0;
 };
 
-}  // namespace sagellm::eval::validate
+}  // namespace sagellm
