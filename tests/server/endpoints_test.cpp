@@ -3,6 +3,8 @@
 // bench-serving client against the server.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "server/bench_serving.h"
 #include "server_test_util.h"
 
@@ -174,17 +176,29 @@ TEST(ServerEndpoints, MetricsCountTokensAndExposeHistograms) {
                   .status,
               200);
   }
-  const auto m = http_get(s.port, "/metrics");
-  ASSERT_EQ(m.status, 200);
   const size_t prompt_tokens = s.engine->tokenizer().encode("Once", true).size();
   const std::string prompt_total = fmt::format("sagellm:prompt_tokens_total {}", 3 * prompt_tokens);
-  for (const std::string needle :
-       {"sagellm:time_to_first_token_seconds_count 3",
-        "sagellm:inter_token_latency_seconds_count 18",
-        "sagellm:e2e_request_latency_seconds_count 3",
-        "sagellm:queue_time_seconds_bucket{le=\"+Inf\"} 3", "sagellm:generation_tokens_total 21",
-        prompt_total.c_str(), "sagellm:num_running_reqs 0", "sagellm:num_queue_reqs 0",
-        "sagellm:token_usage 0", "sagellm:request_success_total{finish_reason=\"length\"} 3"}) {
+  const std::vector<std::string> needles = {
+      "sagellm:time_to_first_token_seconds_count 3",
+      "sagellm:inter_token_latency_seconds_count 18",
+      "sagellm:e2e_request_latency_seconds_count 3",
+      "sagellm:queue_time_seconds_bucket{le=\"+Inf\"} 3",
+      "sagellm:generation_tokens_total 21",
+      prompt_total,
+      "sagellm:num_running_reqs 0",
+      "sagellm:num_queue_reqs 0",
+      "sagellm:token_usage 0",
+      "sagellm:request_success_total{finish_reason=\"length\"} 3"};
+  // The gauges come from the scheduler's end-of-step snapshot, which may be published just after
+  // the last reply went out.
+  testing::HttpReply m;
+  eventually([&] {
+    m = http_get(s.port, "/metrics");
+    return std::all_of(needles.begin(), needles.end(),
+                       [&](const std::string& n) { return m.body.find(n) != std::string::npos; });
+  });
+  ASSERT_EQ(m.status, 200);
+  for (const std::string& needle : needles) {
     EXPECT_NE(m.body.find(needle), std::string::npos) << needle << "\n" << m.body;
   }
 }
@@ -227,11 +241,14 @@ TEST(ServerEndpoints, PrefixCacheHitsAreMeasuredAndChangeNothing) {
               (prompt_tokens - 1) / 16 * 16);
     EXPECT_EQ(first.j["choices"][0]["text"], second.j["choices"][0]["text"]);
     with_cache = second.j["choices"][0]["text"];
-    const auto m = http_get(s.port, "/metrics");
-    EXPECT_NE(m.body.find(fmt::format("sagellm:prefix_cache_hit_tokens_total {}",
-                                      (prompt_tokens - 1) / 16 * 16)),
-              std::string::npos)
-        << m.body;
+    const std::string hits =
+        fmt::format("sagellm:prefix_cache_hit_tokens_total {}", (prompt_tokens - 1) / 16 * 16);
+    testing::HttpReply m;
+    eventually([&] {  // counters are published at the end of each scheduler step
+      m = http_get(s.port, "/metrics");
+      return m.body.find(hits) != std::string::npos;
+    });
+    EXPECT_NE(m.body.find(hits), std::string::npos) << m.body;
   }
   server::ServerOptions so;
   so.scheduler.enable_prefix_cache = false;
