@@ -214,10 +214,12 @@ json bench_cell(Engine& e, const BenchArgs& a, int batch, int input_len, uint64_
   }
   std::mt19937_64 rng(seed);
   std::vector<std::vector<int32_t>> prompts;
+  prompts.reserve(static_cast<size_t>(batch));
   for (int b = 0; b < batch; ++b) {
     prompts.push_back(random_ids(rng, input_len, e.config().vocab_size));
   }
   std::vector<CellTiming> runs;
+  runs.reserve(static_cast<size_t>(a.repeats));
   for (int r = 0; r < a.repeats; ++r) {
     runs.push_back(run_cell(e, prompts, a.output_len, a.engine.prefill_chunk));
   }

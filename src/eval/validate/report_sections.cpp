@@ -236,7 +236,7 @@ void perplexity_section(const json& s, const json& report, Section& out) {
                      100.0 * p.value("relative_delta_stderr", 0.0))});
   }
   out.tables.push_back(t);
-  out.paragraphs.push_back(
+  out.paragraphs.emplace_back(
       "The relative delta is exp(mean(NLL_candidate − NLL_baseline)) − 1 over the same tokens; its "
       "± is the standard error of that paired mean, which is much smaller than either PPL's own "
       "±.");
@@ -340,7 +340,7 @@ void drift_section(const json& s, Section& out) {
               "logits_decode_max_abs_diff")});
   }
   out.tables.push_back(d);
-  out.paragraphs.push_back(
+  out.paragraphs.emplace_back(
       "Reruns: the same input scored (and greedily continued) again gives bitwise-identical "
       "results. Batch: one request alone and the same request in one forward call between two "
       "others of other lengths; the attention column recomputes the backend alone on the batched "

@@ -104,6 +104,7 @@ json options_json(const ValidateOptions& o) {
   }
   auto paths = [](const std::vector<fs::path>& v) {
     std::vector<std::string> out;
+    out.reserve(v.size());
     for (const fs::path& p : v) out.push_back(p.string());
     return out;
   };
