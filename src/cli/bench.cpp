@@ -255,15 +255,9 @@ json bench_cell(Engine& e, const BenchArgs& a, int batch, int input_len, uint64_
   if (a.attention_share) {
     // One more run with the attention work timed (GPU decode steps then run without graphs, so
     // its tokens/s are not the cell's): the share of each phase's wall time spent in attention.
-    if (e.set_attention_timing(true)) {
-      CellTiming t;
-      try {
-        t = run_cell(e, prompts, a.output_len, a.engine.prefill_chunk);
-      } catch (...) {
-        e.set_attention_timing(false);
-        throw;
-      }
-      e.set_attention_timing(false);
+    const ScopedAttentionTiming timing(e);
+    if (timing.on()) {
+      const CellTiming t = run_cell(e, prompts, a.output_len, a.engine.prefill_chunk);
       c["attention_share_prefill"] = t.prefill_attention_seconds / t.prefill_seconds;
       c["attention_share_decode"] = t.decode_seconds > 0
                                         ? json(t.decode_attention_seconds / t.decode_seconds)

@@ -121,4 +121,21 @@ class Engine {
   std::vector<int32_t> eos_ids_;
 };
 
+// Turns an engine's attention timing on for a scope and off again at its end, also when the scope
+// is left by an exception; on() says whether the engine can time its attention.
+class ScopedAttentionTiming {
+ public:
+  explicit ScopedAttentionTiming(Engine& e) : engine_(e), on_(e.set_attention_timing(true)) {}
+  ~ScopedAttentionTiming() {
+    if (on_) engine_.set_attention_timing(false);
+  }
+  ScopedAttentionTiming(const ScopedAttentionTiming&) = delete;
+  ScopedAttentionTiming& operator=(const ScopedAttentionTiming&) = delete;
+  bool on() const { return on_; }
+
+ private:
+  Engine& engine_;
+  bool on_;
+};
+
 }  // namespace sagellm

@@ -6,10 +6,10 @@
 #include <chrono>
 #include <random>
 
+#include "attention/timed_attention.h"
 #include "core/logging.h"
 #include "eval/validate/session.h"
 #include "eval/validate/step_runner.h"
-#include "attention/timed_attention.h"
 
 namespace sagellm::eval::validate {
 
@@ -149,18 +149,12 @@ json check_throughput(Session& s) {
                           {"decode_tokens", sh.decode_tokens},
                           {"decode_seconds", sh.decode_seconds},
                           {"decode_attention_seconds", sh.decode_attention_seconds}};
-        } else if (e->set_attention_timing(true)) {
+        } else if (const ScopedAttentionTiming timing(*e); timing.on()) {
           // A second run of the same requests with the attention work bracketed by CUDA events
           // (its decode steps run without graphs, so its tokens/s are not the cell's).
           for (GenerationRequest& r : reqs) r.sampling.max_tokens = std::min(o.output_len, 8);
           GenerationStats ts;
-          try {
-            e->generate(reqs, {}, &ts);
-          } catch (...) {
-            e->set_attention_timing(false);
-            throw;
-          }
-          e->set_attention_timing(false);
+          e->generate(reqs, {}, &ts);
           cell["attention_share_prefill"] = ts.prefill_attention_seconds / ts.prefill_seconds;
           cell["attention_share_decode"] = ts.decode_attention_seconds / ts.decode_seconds;
           cell["step"] = {{"prefill_tokens", ts.prefill_tokens},
