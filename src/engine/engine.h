@@ -52,7 +52,8 @@ struct GenerationResult {
 struct GenerationStats {
   double prefill_seconds = 0, decode_seconds = 0;
   int64_t prefill_tokens = 0, decode_tokens = 0;
-  // GPU time of the attention work in those phases, while Engine::set_attention_timing is on.
+  // Time of the attention work in those phases while Engine::set_attention_timing is on (see
+  // ModelRunner::set_attention_timing for what each device counts).
   double prefill_attention_seconds = 0, decode_attention_seconds = 0;
 };
 

@@ -54,7 +54,7 @@ json check_memory(Session& s) {
   out["peak_rss_bytes"] = peak_rss_bytes();
   if (!cpu) {
     out["device_total_bytes"] = base_mem.device_total_bytes;
-    out["device_used_bytes"] = s.base->memory().device_used_bytes;
+    out["device_used_bytes"] = base_mem.device_used_bytes;
     out["device_used_max_sampled_bytes"] = s.device_used_max;
   }
   out["kv_budget_gib"] = o.kv_budget_gib;
