@@ -77,6 +77,31 @@ class EventPair {
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
 };
 
+// Times `call` with CUDA events, `repeats` times after `warmup` untimed calls, and reads the bf16
+// output back: the seconds, out and device fields of an AttentionTiming.
+template <typename F>
+AttentionTiming time_calls(F&& call, int warmup, int repeats, const DeviceBuffer<uint16_t>& o_dev,
+                           const GpuInfo& gpu) {
+  for (int i = 0; i < warmup; ++i) call();
+  SAGELLM_CUDA_CHECK(cudaDeviceSynchronize());
+  EventPair events;
+  AttentionTiming t;
+  for (int i = 0; i < repeats; ++i) {
+    SAGELLM_CUDA_CHECK(cudaEventRecord(events.start(), nullptr));
+    call();
+    SAGELLM_CUDA_CHECK(cudaEventRecord(events.stop(), nullptr));
+    SAGELLM_CUDA_CHECK(cudaEventSynchronize(events.stop()));
+    float ms = 0.0f;
+    SAGELLM_CUDA_CHECK(cudaEventElapsedTime(&ms, events.start(), events.stop()));
+    t.seconds.push_back(static_cast<double>(ms) * 1e-3);
+  }
+  const std::vector<uint16_t> o = o_dev.to_host();
+  t.out.resize(o.size());
+  for (size_t i = 0; i < o.size(); ++i) t.out[i] = bf16_to_float(o[i]);
+  t.device = describe_gpu(gpu);
+  return t;
+}
+
 }  // namespace
 
 AttentionTiming time_flash_cuda(const AttentionBenchProblem& p, int warmup, int repeats) {
@@ -120,23 +145,8 @@ AttentionTiming time_flash_cuda(const AttentionBenchProblem& p, int warmup, int 
   params.split_acc = acc_dev.data();
   params.split_ml = ml_dev.data();
 
-  for (int i = 0; i < warmup; ++i) flash_attention_cuda(plan, params, nullptr);
-  SAGELLM_CUDA_CHECK(cudaDeviceSynchronize());
-  EventPair events;
-  AttentionTiming t;
-  for (int i = 0; i < repeats; ++i) {
-    SAGELLM_CUDA_CHECK(cudaEventRecord(events.start(), nullptr));
-    flash_attention_cuda(plan, params, nullptr);
-    SAGELLM_CUDA_CHECK(cudaEventRecord(events.stop(), nullptr));
-    SAGELLM_CUDA_CHECK(cudaEventSynchronize(events.stop()));
-    float ms = 0.0f;
-    SAGELLM_CUDA_CHECK(cudaEventElapsedTime(&ms, events.start(), events.stop()));
-    t.seconds.push_back(static_cast<double>(ms) * 1e-3);
-  }
-  const std::vector<uint16_t> o = o_dev.to_host();
-  t.out.resize(o.size());
-  for (size_t i = 0; i < o.size(); ++i) t.out[i] = bf16_to_float(o[i]);
-  t.device = describe_gpu(gpu);
+  AttentionTiming t =
+      time_calls([&] { flash_attention_cuda(plan, params, nullptr); }, warmup, repeats, o_dev, gpu);
   std::string kernels = plan.run_prefill ? "prefill" : "";
   if (plan.run_decode) kernels += kernels.empty() ? "split-KV" : " + split-KV";
   if (plan.run_combine) kernels += " + combine";
@@ -226,23 +236,7 @@ AttentionTiming time_sage_cuda(const AttentionBenchProblem& p, const AttentionOp
   const int64_t row = static_cast<int64_t>(p.shape.num_heads) * hd;
   const auto call = [&] { attention->run(layer, q_dev.data(), row, o_dev.data(), nullptr); };
 
-  for (int i = 0; i < warmup; ++i) call();
-  SAGELLM_CUDA_CHECK(cudaDeviceSynchronize());
-  EventPair events;
-  AttentionTiming t;
-  for (int i = 0; i < repeats; ++i) {
-    SAGELLM_CUDA_CHECK(cudaEventRecord(events.start(), nullptr));
-    call();
-    SAGELLM_CUDA_CHECK(cudaEventRecord(events.stop(), nullptr));
-    SAGELLM_CUDA_CHECK(cudaEventSynchronize(events.stop()));
-    float ms = 0.0f;
-    SAGELLM_CUDA_CHECK(cudaEventElapsedTime(&ms, events.start(), events.stop()));
-    t.seconds.push_back(static_cast<double>(ms) * 1e-3);
-  }
-  const std::vector<uint16_t> o = o_dev.to_host();
-  t.out.resize(o.size());
-  for (size_t i = 0; i < o.size(); ++i) t.out[i] = bf16_to_float(o[i]);
-  t.device = describe_gpu(gpu);
+  AttentionTiming t = time_calls(call, warmup, repeats, o_dev, gpu);
   t.method = fmt::format(
       "CUDA events around each sage_attn call (page quantization of {}, Q quantization, "
       "attention kernels), after {} warm-up calls; P.V in {}",
