@@ -15,6 +15,12 @@ if ! ldconfig -p 2>/dev/null | grep -q libcublasLt.so.13; then
     [[ -e $d/libcublasLt.so.13 ]] && export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   done
 fi
+# NCCL (tensor parallelism) is loaded at run time; PyTorch's wheel carries one where the system
+# has none.
+if [[ -z ${SAGELLM_NCCL_LIBRARY:-} ]] && ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2; then
+  nccl=$(python3 -c "import nvidia.nccl, os; print(os.path.join(nvidia.nccl.__path__[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
+  [[ -n $nccl && -e $nccl ]] && export SAGELLM_NCCL_LIBRARY=$nccl
+fi
 bin=${1:-}
 if [[ -z $bin ]]; then
   if [[ -d $root/.device/bin ]]; then bin=$root/.device/bin; else bin=$root/build/gpu/tests; fi

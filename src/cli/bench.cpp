@@ -195,6 +195,7 @@ double rate(double tokens, double seconds) { return seconds > 0 ? tokens / secon
 
 json memory_json(const EngineMemory& m) {
   json j = {{"device", m.device},
+            {"tp_size", m.tp_size},
             {"weight_bytes", m.weight_bytes},
             {"kv_bytes_per_token", m.kv_bytes_per_token},
             {"kv_pool_bytes", m.kv_pool_bytes},
@@ -280,11 +281,12 @@ std::string mib(double bytes) { return fmt::format("{:.1f} MiB", bytes / (1024.0
 
 void print_table(const json& j) {
   const json& m = j["memory"];
-  std::printf(
-      "bench: %s (%s weights), device %s, attention %s, KV cache %s, page %d\n",
-      j["model"].get<std::string>().c_str(), j["load_format"] == "dummy" ? "dummy" : "checkpoint",
-      j["device"].get<std::string>().c_str(), j["attention_backend"].get<std::string>().c_str(),
-      j["kv_cache_dtype"].get<std::string>().c_str(), j["page_size"].get<int>());
+  std::printf("bench: %s (%s weights), device %s, tp %d, attention %s, KV cache %s, page %d\n",
+              j["model"].get<std::string>().c_str(),
+              j["load_format"] == "dummy" ? "dummy" : "checkpoint",
+              j["device"].get<std::string>().c_str(), j.value("tp_size", 1),
+              j["attention_backend"].get<std::string>().c_str(),
+              j["kv_cache_dtype"].get<std::string>().c_str(), j["page_size"].get<int>());
   std::printf("memory: weights %s, KV %zu B/token, KV pool %s (%lld tokens), peak RSS %s\n",
               mib(m["weight_bytes"].get<double>()).c_str(), m["kv_bytes_per_token"].get<size_t>(),
               mib(m["kv_pool_bytes"].get<double>()).c_str(),
@@ -342,6 +344,7 @@ int run_bench(BenchArgs& a) {
               {"vocab_size", cfg.vocab_size}}},
             {"load_format", a.engine.load_format},
             {"device", a.engine.device},
+            {"tp_size", a.engine.tp_size},
             {"attention_backend", std::string(e.attention().name())},
             {"kv_cache_dtype", std::string(kv_cache_dtype_name(resolve_kv_cache_dtype(
                                    a.engine.kv_cache_dtype, e.attention())))},

@@ -36,6 +36,11 @@ inline void add_engine_flags(CLI::App& app, EngineOptions& o) {
   app.add_option("--kv-cache-tokens", o.kv_cache_tokens,
                  "Tokens the KV cache holds (default CPU: max(context length, 8192) within 1 GiB; "
                  "GPU: what --mem-fraction-static leaves, at most 4M)");
+  app.add_option("--tp-size", o.tp_size,
+                 "Tensor-parallel ranks: GPUs 0..N-1 with --device cuda (through NCCL), threads "
+                 "holding one shard each on the cpu")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   app.add_option("--prefill-chunk", o.prefill_chunk, "Tokens per prefill step")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));

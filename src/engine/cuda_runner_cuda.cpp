@@ -1,8 +1,12 @@
 // The CUDA execution target: LlamaCudaModel (bf16) over a GpuKVCache sized from the memory
-// --mem-fraction-static leaves, attention through the backend's CUDA kernels.
+// --mem-fraction-static leaves, attention through the backend's CUDA kernels; with --tp-size N,
+// one such rank per GPU holding its shard of the model (parallel/tp_shard.h).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <functional>
+#include <string>
+#include <vector>
 
 #include "attention/cuda_attention.h"
 #include "core/cuda_check.h"
@@ -11,8 +15,13 @@
 #include "engine/engine.h"
 #include "engine/model_runner.h"
 #include "kv_cache/kv_cache_cuda.h"
+#include "kv_cache/kv_cache_step.h"
+#include "model/forward_rows.h"
 #include "model/llama_cuda.h"
 #include "model/weight_source.h"
+#include "parallel/nccl_group.h"
+#include "parallel/rank_threads.h"
+#include "parallel/tp_shard.h"
 
 namespace sagellm {
 
@@ -48,10 +57,18 @@ KVCacheDType resolve_gpu_kv_cache_dtype(const std::string& name, const CudaAtten
   fail("unknown --kv-cache-dtype '{}' (choose one of: auto, bf16, fp32, int8)", name);
 }
 
-// The cache --mem-fraction-static leaves room for after the weights and activation buffers (the
-// pages and, for an 8-bit cache, its tail pool), once the backend said it can read it.
-GpuKVCache make_gpu_cache(const EngineOptions& o, const LlamaCudaModel& model,
-                          const CudaAttention& attention, KVCacheDType dtype) {
+// The KV cache one rank makes: its shape, dtype and tail slots.
+struct GpuCachePlan {
+  KVCacheShape shape;
+  KVCacheDType dtype = KVCacheDType::kFloat;
+  int tail_slots = 0;
+};
+
+// The cache --mem-fraction-static leaves room for on the current device after the weights and
+// activation buffers (the pages and, for an 8-bit cache, its tail pool), once the backend said it
+// can read it.
+GpuCachePlan plan_gpu_cache(const EngineOptions& o, const LlamaCudaModel& model,
+                            const CudaAttention& attention, KVCacheDType dtype) {
   const std::string why = attention.unsupported_reason(model.attention_shape(), o.page_size, dtype);
   SAGELLM_CHECK(why.empty(),
                 "attention backend {} cannot run this model on the GPU with a {} KV cache: {}",
@@ -112,54 +129,158 @@ GpuKVCache make_gpu_cache(const EngineOptions& o, const LlamaCudaModel& model,
   SAGELLM_CHECK(tokens / o.page_size < (int64_t{1} << 30), "--kv-cache-tokens {} is too large",
                 tokens);
   s.num_pages = static_cast<int>(tokens / o.page_size);
-  return GpuKVCache(s, dtype, tail_slots(s.num_pages));
+  return GpuCachePlan{s, dtype, tail_slots(s.num_pages)};
 }
 
+// One tensor-parallel rank: its GPU, attention kernels, shard of the model and KV cache.
+struct CudaRank {
+  int device = 0;
+  std::unique_ptr<CudaAttention> attention;
+  std::unique_ptr<LlamaCudaModel> model;
+  std::unique_ptr<GpuKVCache> cache;
+};
+
+// With --tp-size N the ranks are GPUs 0..N-1, one thread each (rank_threads.h), meeting in an
+// NcclGroup; with one rank it runs on the caller's thread and needs no NCCL.
 class CudaRunner final : public ModelRunner {
  public:
-  CudaRunner(const EngineOptions& o, std::unique_ptr<CudaAttention> attention, KVCacheDType dtype)
-      : attention_(std::move(attention)),
-        model_(*weight_source(o), o.prefill_chunk),
-        cache_(make_gpu_cache(o, model_, *attention_, dtype)) {
-    model_.set_cuda_graphs(!o.disable_cuda_graph);
-    SAGELLM_CUDA_CHECK(cudaDeviceSynchronize());
+  CudaRunner(const EngineOptions& o, KVCacheDType dtype) {
+    const std::unique_ptr<WeightSource> weights = weight_source(o);
+    config_ = weights->config();
+    const int size = o.tp_size;
+    std::vector<int> devices(static_cast<size_t>(size));
+    for (int r = 0; r < size; ++r) devices[static_cast<size_t>(r)] = r;
+    if (size > 1) {
+      group_ = std::make_unique<NcclGroup>(devices);
+      threads_ = std::make_unique<RankThreads>(size);
+    }
+    ranks_.resize(static_cast<size_t>(size));
+    // Each rank loads its shard on its own device; the caches are sized once every rank's
+    // weights are in, to the tokens the fullest device still holds.
+    std::vector<GpuCachePlan> plans(ranks_.size());
+    on_every_rank([&](int r) {
+      CudaRank& rank = ranks_[static_cast<size_t>(r)];
+      rank.device = devices[static_cast<size_t>(r)];
+      SAGELLM_CUDA_CHECK(cudaSetDevice(rank.device));
+      rank.attention = make_cuda_attention(o.attention_backend, o.attention_options);
+      rank.model = std::make_unique<LlamaCudaModel>(*weights, o.prefill_chunk,
+                                                    tp_shard(config_, r, size), group_.get());
+      rank.model->set_cuda_graphs(!o.disable_cuda_graph);
+      plans[static_cast<size_t>(r)] = plan_gpu_cache(o, *rank.model, *rank.attention, dtype);
+    });
+    int pages = plans[0].shape.num_pages;
+    for (const GpuCachePlan& p : plans) pages = std::min(pages, p.shape.num_pages);
+    on_every_rank([&](int r) {
+      CudaRank& rank = ranks_[static_cast<size_t>(r)];
+      GpuCachePlan p = plans[static_cast<size_t>(r)];
+      p.shape.num_pages = pages;
+      p.tail_slots = std::min(p.tail_slots, pages);
+      rank.cache = std::make_unique<GpuKVCache>(p.shape, p.dtype, p.tail_slots);
+      SAGELLM_CUDA_CHECK(cudaDeviceSynchronize());
+    });
   }
 
-  const io::ModelConfig& config() const override { return model_.config(); }
-  KVCacheDType kv_cache_dtype() const override { return cache_.dtype(); }
-  int page_size() const override { return cache_.shape().page_size; }
-  int num_pages() const override { return cache_.shape().num_pages; }
-  int num_free_pages() const override { return cache_.num_free_pages(); }
-  std::optional<int> allocate_page() override { return cache_.allocate(); }
-  void release_page(int page) override { cache_.release(page); }
+  ~CudaRunner() override {
+    // Each rank's CUDA objects go with its device current.
+    try {
+      on_every_rank([&](int r) {
+        CudaRank& rank = ranks_[static_cast<size_t>(r)];
+        (void)cudaSetDevice(rank.device);
+        rank.cache.reset();
+        rank.model.reset();
+        rank.attention.reset();
+      });
+    } catch (...) {  // NOLINT(bugprone-empty-catch): nothing to report from a destructor
+    }
+  }
+
+  const io::ModelConfig& config() const override { return config_; }
+  KVCacheDType kv_cache_dtype() const override { return cache0().dtype(); }
+  int page_size() const override { return cache0().shape().page_size; }
+  int num_pages() const override { return cache0().shape().num_pages; }
+  int num_free_pages() const override { return cache0().num_free_pages(); }
+  // Every rank's cache holds its KV heads of the same pages: one page index names them all.
+  std::optional<int> allocate_page() override {
+    const std::optional<int> page = ranks_[0].cache->allocate();
+    for (size_t r = 1; r < ranks_.size(); ++r) {
+      const std::optional<int> same = ranks_[r].cache->allocate();
+      SAGELLM_CHECK(same == page, "tensor-parallel rank {}'s KV pages diverged from rank 0's", r);
+    }
+    return page;
+  }
+  void release_page(int page) override {
+    for (CudaRank& rank : ranks_) rank.cache->release(page);
+  }
   std::vector<float> forward(const ForwardBatch& batch,
                              const ActivationObserver& observer) override {
-    return model_.forward(batch, cache_, *attention_, observer);
+    if (threads_) {
+      // A malformed batch or a step the 8-bit cache's tail slots cannot take fails here, once,
+      // before any rank starts: a rank failing on its own would abort the NCCL group for good.
+      (void)plan_forward_rows(batch, config_, page_size(), num_pages());
+      if (kv_cache_dtype() == KVCacheDType::kInt8) {
+        (void)plan_kv_step(batch.attention, page_size(), ranks_[0].cache->tails());
+      }
+    }
+    std::vector<float> logits;
+    on_every_rank([&](int r) {
+      CudaRank& rank = ranks_[static_cast<size_t>(r)];
+      std::vector<float> out = rank.model->forward(batch, *rank.cache, *rank.attention, observer);
+      if (r == 0) logits = std::move(out);
+    });
+    return logits;
   }
-  size_t cuda_graphs_captured() const override { return model_.cuda_graphs_captured(); }
+  size_t cuda_graphs_captured() const override { return ranks_[0].model->cuda_graphs_captured(); }
   bool set_attention_timing(bool on) override {
-    model_.set_attention_timing(on);
+    for (CudaRank& rank : ranks_) rank.model->set_attention_timing(on);
     return true;
   }
-  double take_attention_seconds() override { return model_.take_attention_seconds(); }
+  // Rank 0's: the ranks run their heads at the same time.
+  double take_attention_seconds() override {
+    double t = 0;
+    for (size_t r = 0; r < ranks_.size(); ++r) {
+      const double rank_t = ranks_[r].model->take_attention_seconds();
+      if (r == 0) t = rank_t;
+    }
+    return t;
+  }
   EngineMemory memory() const override {
     EngineMemory m;
     m.device = "cuda";
-    m.weight_bytes = model_.weight_bytes();
-    m.kv_bytes_per_token = cache_.bytes_per_token();  // 8-bit: the sealed pages' bytes
+    m.tp_size = static_cast<int>(ranks_.size());
+    for (const CudaRank& rank : ranks_) {
+      m.weight_bytes += rank.model->weight_bytes();
+      m.kv_bytes_per_token += rank.cache->bytes_per_token();  // 8-bit: the sealed pages' bytes
+      m.kv_pool_bytes += rank.cache->bytes();                 // 8-bit: with the bf16 tail pool
+      int current = 0;
+      SAGELLM_CUDA_CHECK(cudaGetDevice(&current));
+      SAGELLM_CUDA_CHECK(cudaSetDevice(rank.device));
+      const GpuMemoryInfo mem = gpu_memory_info();
+      SAGELLM_CUDA_CHECK(cudaSetDevice(current));
+      m.device_total_bytes += mem.total;
+      m.device_used_bytes += mem.total - mem.free;
+    }
     m.kv_capacity_tokens =
-        static_cast<int64_t>(cache_.shape().num_pages) * cache_.shape().page_size;
-    m.kv_pool_bytes = cache_.bytes();  // 8-bit: with the bf16 tail pool
-    const GpuMemoryInfo mem = gpu_memory_info();
-    m.device_total_bytes = mem.total;
-    m.device_used_bytes = mem.total - mem.free;
+        static_cast<int64_t>(cache0().shape().num_pages) * cache0().shape().page_size;
     return m;
   }
 
  private:
-  std::unique_ptr<CudaAttention> attention_;
-  LlamaCudaModel model_;
-  GpuKVCache cache_;
+  const GpuKVCache& cache0() const { return *ranks_[0].cache; }
+
+  // fn(rank) on every rank at once; a failing rank aborts the NCCL group so that the others do not
+  // wait for it in a collective (the runner cannot step again after that).
+  void on_every_rank(const std::function<void(int)>& fn) {
+    if (!threads_) {
+      fn(0);
+      return;
+    }
+    threads_->run(fn, [this](const std::string&) { group_->abort(); });
+  }
+
+  io::ModelConfig config_;                // the whole model's
+  std::unique_ptr<NcclGroup> group_;      // --tp-size > 1
+  std::unique_ptr<RankThreads> threads_;  // --tp-size > 1
+  std::vector<CudaRank> ranks_;
 };
 
 }  // namespace
@@ -169,12 +290,24 @@ std::unique_ptr<ModelRunner> make_cuda_runner(const EngineOptions& options,
   (void)context_length;  // the GPU pool is sized by memory, not by the context length
   SAGELLM_CHECK(options.mem_fraction_static > 0.0 && options.mem_fraction_static < 1.0,
                 "--mem-fraction-static must be in (0, 1) (got {})", options.mem_fraction_static);
-  const GpuInfo gpu = require_supported_gpu(0);
-  SAGELLM_CUDA_CHECK(cudaSetDevice(gpu.device));
-  std::unique_ptr<CudaAttention> attention =
+  SAGELLM_CHECK(options.tp_size >= 1, "--tp-size must be at least 1 (got {})", options.tp_size);
+  const int gpus = cuda_device_count();
+  SAGELLM_CHECK(options.tp_size <= std::max(gpus, 1),
+                "--tp-size {} needs {} GPUs, and {} {} visible", options.tp_size, options.tp_size,
+                gpus, gpus == 1 ? "is" : "are");
+  {
+    // The split is checked before any weight is loaded.
+    const std::string why =
+        tp_unsupported_reason(io::load_model_config(options.model_dir), options.tp_size);
+    SAGELLM_CHECK(why.empty(), "--tp-size {}: {}", options.tp_size, why);
+  }
+  for (int r = 0; r < options.tp_size; ++r) (void)require_supported_gpu(r);
+  SAGELLM_CUDA_CHECK(cudaSetDevice(0));
+  // The backend's name, options and cache dtype are checked once, on GPU 0.
+  const std::unique_ptr<CudaAttention> attention =
       make_cuda_attention(options.attention_backend, options.attention_options);
   const KVCacheDType dtype = resolve_gpu_kv_cache_dtype(options.kv_cache_dtype, *attention);
-  return std::make_unique<CudaRunner>(options, std::move(attention), dtype);
+  return std::make_unique<CudaRunner>(options, dtype);
 }
 
 }  // namespace sagellm

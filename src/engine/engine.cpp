@@ -50,9 +50,12 @@ Engine::Engine(const EngineOptions& options)
   for (int id : runner_->config().eos_token_ids) {
     if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
   }
-  spdlog::info("engine: {} layers on {}, attention {}, KV cache {} pages x {} tokens ({})",
-               runner_->config().num_layers, options.device, attention_->name(),
-               runner_->num_pages(), runner_->page_size(),
+  spdlog::info("engine: {} layers on {}{}, attention {}, KV cache {} pages x {} tokens ({})",
+               runner_->config().num_layers, options.device,
+               options.tp_size > 1
+                   ? fmt::format(" (tensor-parallel over {} ranks)", options.tp_size)
+                   : std::string(),
+               attention_->name(), runner_->num_pages(), runner_->page_size(),
                kv_cache_dtype_name(runner_->kv_cache_dtype()));
 }
 

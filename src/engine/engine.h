@@ -35,6 +35,8 @@ struct EngineOptions {
   bool disable_cuda_graph = false;          // GPU: launch decode steps directly, not from graphs
   int64_t context_length = 0;               // 0: the model's max_position_embeddings
   int prefill_chunk = 2048;                 // tokens per forward step when prefilling
+  // Tensor-parallel ranks (parallel/tp_shard.h): GPUs 0..N-1 on cuda, threads on the cpu.
+  int tp_size = 1;
 };
 
 struct GenerationRequest {

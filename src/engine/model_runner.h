@@ -22,6 +22,7 @@ struct EngineOptions;
 // allocator's sizes; CPU: the sizes of the buffers allocated).
 struct EngineMemory {
   std::string device;
+  int tp_size = 1;                // ranks; the sizes below are summed over them
   size_t weight_bytes = 0;        // weights as held on the device
   size_t kv_bytes_per_token = 0;  // all layers, K and V, as the cache stores them
   size_t kv_pool_bytes = 0;       // the whole paged KV cache

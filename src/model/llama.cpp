@@ -9,6 +9,8 @@
 #include "kernels/cpu/ops.h"
 #include "model/forward_rows.h"
 #include "model/weight_source.h"
+#include "parallel/host_group.h"
+#include "parallel/tp_weights.h"
 
 namespace sagellm {
 
@@ -20,8 +22,11 @@ void append(std::vector<float>& dst, const std::vector<float>& src) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(io::ModelConfig config, LlamaWeights weights)
-    : config_(std::move(config)), w_(std::move(weights)), rope_(config_.rope, config_.head_dim) {}
+LlamaModel::LlamaModel(io::ModelConfig config, LlamaWeights weights, TpShard shard)
+    : config_(std::move(config)),
+      w_(std::move(weights)),
+      rope_(config_.rope, config_.head_dim),
+      shard_(shard) {}
 
 LlamaModel LlamaModel::load(const std::filesystem::path& model_dir) {
   return from_weights(*checkpoint_weights(model_dir));
@@ -31,10 +36,16 @@ LlamaModel LlamaModel::dummy(const io::ModelConfig& config, uint64_t seed) {
   return from_weights(*dummy_weights(config, seed));
 }
 
-LlamaModel LlamaModel::from_weights(const WeightSource& src) {
+LlamaModel LlamaModel::from_weights(const WeightSource& source) {
+  return from_weights(source, tp_shard(source.config(), 0, 1));
+}
+
+LlamaModel LlamaModel::from_weights(const WeightSource& source, const TpShard& shard) {
+  const std::unique_ptr<WeightSource> rank_source = tp_shard_weights(source, shard);
+  const WeightSource& src = *rank_source;
   const io::ModelConfig& c = src.config();
   const int64_t h = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const int64_t inter = c.intermediate_size, vocab = c.vocab_size;
+  const int64_t inter = c.intermediate_size, vocab = shard.vocab_rows;
   auto load = [&](const std::string& name, std::initializer_list<int64_t> shape) {
     const std::vector<int64_t> s(shape);
     return src.load(name, s);
@@ -61,7 +72,7 @@ LlamaModel LlamaModel::from_weights(const WeightSource& src) {
   } else if (!c.tie_word_embeddings) {
     fail("missing tensor lm_head.weight (config.json says tie_word_embeddings is false)");
   }
-  return LlamaModel(c, std::move(w));
+  return LlamaModel(c, std::move(w), shard);
 }
 
 AttentionShape llama_attention_shape(const io::ModelConfig& c) {
@@ -107,7 +118,41 @@ std::vector<float> LlamaModel::forward(const ForwardBatch& batch, PagedKVCache& 
   std::vector<float> q(static_cast<size_t>(rows) * nh * d), att(q.size());
   std::vector<float> gu(static_cast<size_t>(rows) * 2 * inter),
       act(static_cast<size_t>(rows) * inter);
-  cpu::embedding(w_.embed.data(), batch.tokens, x.data(), h);
+  // A model in a group (also a group of one) takes the tensor-parallel path.
+  const bool sharded = group_ != nullptr;
+  SAGELLM_CHECK(sharded ? group_->size() == shard_.size : !shard_.sharded(),
+                "tensor-parallel rank {} of {} needs a group of {} ranks", shard_.rank, shard_.size,
+                shard_.size);
+  SAGELLM_CHECK(!sharded || !observer,
+                "activations can be observed with --tp-size 1 only (a rank holds only its heads)");
+  if (!sharded) {
+    cpu::embedding(w_.embed.data(), batch.tokens, x.data(), h);
+  } else {
+    // Vocab-parallel embedding: each token's row comes from the rank holding it, zeros elsewhere,
+    // and the sum over the ranks is that row.
+    for (int r = 0; r < rows; ++r) {
+      const int local = batch.tokens[static_cast<size_t>(r)] - shard_.vocab_begin;
+      float* dst = &x[static_cast<size_t>(r) * h];
+      if (local >= 0 && local < shard_.vocab_rows) {
+        std::memcpy(dst, &w_.embed[static_cast<size_t>(local) * h], sizeof(float) * h);
+      } else {
+        std::fill(dst, dst + h, 0.0f);
+      }
+    }
+    group_->all_reduce_sum(shard_.rank, x);
+  }
+  // Row-parallel GEMMs: each rank's partial product is summed over the ranks before the residual
+  // add (one rank adds straight into the residual stream).
+  std::vector<float> partial(sharded ? x.size() : 0);
+  auto add_row_parallel = [&](const float* a, const float* w, int k) {
+    if (!sharded) {
+      cpu::linear(a, w, x.data(), rows, h, k, /*accumulate=*/true);
+      return;
+    }
+    cpu::linear(a, w, partial.data(), rows, h, k);
+    group_->all_reduce_sum(shard_.rank, partial);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += partial[i];
+  };
 
   const AttentionShape shape = attention_shape();
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -124,11 +169,11 @@ std::vector<float> LlamaModel::forward(const ForwardBatch& batch, PagedKVCache& 
                   row + nh * d, row + (nh + nkv) * d);
     }
     attention.forward(shape, batch.attention, cache, li, q.data(), att.data());
-    cpu::linear(att.data(), l.o.data(), x.data(), rows, h, nh * d, /*accumulate=*/true);
+    add_row_parallel(att.data(), l.o.data(), nh * d);
     cpu::rmsnorm(x.data(), l.post_norm.data(), xn.data(), rows, h, eps);
     cpu::linear(xn.data(), l.gate_up.data(), gu.data(), rows, 2 * inter, h);
     cpu::silu_mul(gu.data(), act.data(), rows, inter);
-    cpu::linear(act.data(), l.down.data(), x.data(), rows, h, inter, /*accumulate=*/true);
+    add_row_parallel(act.data(), l.down.data(), inter);
     if (observer) observer(LayerActivations{li, rows, x, att});
   }
 
@@ -142,9 +187,28 @@ std::vector<float> LlamaModel::forward(const ForwardBatch& batch, PagedKVCache& 
   }
   std::vector<float> normed(sel.size());
   cpu::rmsnorm(sel.data(), w_.final_norm.data(), normed.data(), n_out, h, eps);
-  std::vector<float> logits(static_cast<size_t>(n_out) * vocab);
   const std::vector<float>& head = w_.lm_head.empty() ? w_.embed : w_.lm_head;
-  cpu::linear(normed.data(), head.data(), logits.data(), n_out, vocab, h);
+  if (!sharded) {
+    std::vector<float> logits(static_cast<size_t>(n_out) * vocab);
+    cpu::linear(normed.data(), head.data(), logits.data(), n_out, vocab, h);
+    return logits;
+  }
+  // Vocab-parallel lm_head: each rank's slice of every row, gathered rank after rank.
+  const int part = shard_.vocab_rows;
+  std::vector<float> local(static_cast<size_t>(n_out) * part);
+  cpu::linear(normed.data(), head.data(), local.data(), n_out, part, h);
+  std::vector<float> gathered(local.size() * static_cast<size_t>(shard_.size));
+  group_->all_gather(shard_.rank, local, gathered);
+  if (shard_.rank != 0) return {};
+  std::vector<float> logits(static_cast<size_t>(n_out) * vocab);
+  for (int k = 0; k < shard_.size; ++k) {
+    const int begin = k * part;
+    const int valid = std::min(part, vocab - begin);
+    for (int i = 0; i < n_out; ++i) {
+      std::memcpy(&logits[static_cast<size_t>(i) * vocab + begin],
+                  &gathered[(static_cast<size_t>(k) * n_out + i) * part], sizeof(float) * valid);
+    }
+  }
   return logits;
 }
 

@@ -13,6 +13,7 @@
 #include "io/model_config.h"
 #include "kv_cache/kv_cache.h"
 #include "model/rope.h"
+#include "parallel/tp_shard.h"
 
 namespace sagellm {
 
@@ -53,6 +54,7 @@ struct LayerActivations {
 using ActivationObserver = std::function<void(const LayerActivations&)>;
 
 class WeightSource;
+class HostGroup;
 
 // The attention problem of a Llama config: heads, KV heads, head_dim, sm_scale 1/sqrt(head_dim).
 AttentionShape llama_attention_shape(const io::ModelConfig& config);
@@ -64,22 +66,32 @@ class LlamaModel {
   // Seeded random weights at the config's shapes (--load-format dummy).
   static LlamaModel dummy(const io::ModelConfig& config, uint64_t seed);
   static LlamaModel from_weights(const WeightSource& source);
+  // One tensor-parallel rank's part of the model in `source` (tp_shard.h). Its forward steps meet
+  // the other ranks' in `group`'s collectives (set_group; a group of one takes the same path) and
+  // only rank 0 returns logits.
+  static LlamaModel from_weights(const WeightSource& source, const TpShard& shard);
+  void set_group(HostGroup* group) { group_ = group; }
 
+  // The rank's config (tp_shard_config): the whole model's unless sharded.
   const io::ModelConfig& config() const { return config_; }
+  const TpShard& shard() const { return shard_; }
   AttentionShape attention_shape() const;
   size_t weight_bytes() const;  // float32 bytes held
 
   // Writes the new tokens' K/V into `cache` and returns logits: [num_seqs][vocab] for
-  // kLastPerSeq, [total tokens][vocab] for kAll.
+  // kLastPerSeq, [total tokens][vocab] for kAll (on a sharded model: rank 0 only, the other ranks
+  // return none). The activation observer needs an unsharded model.
   std::vector<float> forward(const ForwardBatch& batch, PagedKVCache& cache,
                              const AttentionBackend& attention,
                              const ActivationObserver& observer = {}) const;
 
  private:
-  LlamaModel(io::ModelConfig config, LlamaWeights weights);
+  LlamaModel(io::ModelConfig config, LlamaWeights weights, TpShard shard);
   io::ModelConfig config_;
   LlamaWeights w_;
   Rope rope_;
+  TpShard shard_;
+  HostGroup* group_ = nullptr;
 };
 
 }  // namespace sagellm

@@ -12,6 +12,8 @@
 #include "kv_cache/kv_cache_step.h"
 #include "model/forward_rows.h"
 #include "model/rope.h"
+#include "parallel/nccl_group.h"
+#include "parallel/tp_weights.h"
 
 namespace sagellm {
 
@@ -74,10 +76,20 @@ CudaStream::~CudaStream() {
 }
 void CudaStream::synchronize() const { SAGELLM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
-LlamaCudaModel::LlamaCudaModel(const WeightSource& src, int max_rows) : config_(src.config()) {
+LlamaCudaModel::LlamaCudaModel(const WeightSource& source, int max_rows)
+    : LlamaCudaModel(source, max_rows, tp_shard(source.config(), 0, 1), nullptr) {}
+
+LlamaCudaModel::LlamaCudaModel(const WeightSource& source, int max_rows, const TpShard& shard,
+                               NcclGroup* group)
+    : config_(tp_shard_config(source.config(), shard)), shard_(shard), group_(group) {
+  SAGELLM_CHECK(group != nullptr ? group->size() == shard.size : !shard.sharded(),
+                "tensor-parallel rank {} of {} needs a group of {} ranks", shard.rank, shard.size,
+                shard.size);
+  const std::unique_ptr<WeightSource> rank_source = tp_shard_weights(source, shard);
+  const WeightSource& src = *rank_source;
   const io::ModelConfig& c = config_;
   const int64_t h = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const int64_t inter = c.intermediate_size, vocab = c.vocab_size;
+  const int64_t inter = c.intermediate_size, vocab = shard.vocab_rows;
   SAGELLM_CHECK(d % 2 == 0 && d <= 1024, "head_dim {} is not supported on the GPU", d);
   embed_ = upload(src, {{"model.embed_tokens.weight", {vocab, h}}}, &weight_bytes_);
   layers_.resize(static_cast<size_t>(c.num_layers));
@@ -127,8 +139,11 @@ void LlamaCudaModel::ensure_rows(int rows) {
   att_ = DeviceBuffer<uint16_t>(r * nh * d);
   gate_up_ = DeviceBuffer<uint16_t>(r * 2 * inter);
   act_ = DeviceBuffer<uint16_t>(r * inter);
-  logits_ = DeviceBuffer<float>(std::min<size_t>(r, kLogitsChunkRows) *
-                                static_cast<size_t>(c.vocab_size));
+  const size_t logits =
+      std::min<size_t>(r, kLogitsChunkRows) * static_cast<size_t>(shard_.vocab_rows);
+  logits_ = DeviceBuffer<float>(logits);
+  gathered_.reset();
+  if (group_ != nullptr) gathered_ = DeviceBuffer<float>(logits * static_cast<size_t>(shard_.size));
   meta_.reset();
   meta_ = DeviceBuffer<int32_t>((kMetaPerRow + kJobInts) * r + 1);
   rows_ = rows;
@@ -157,9 +172,13 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
   SAGELLM_CHECK(ks.num_layers == c.num_layers && ks.num_kv_heads == c.num_kv_heads &&
                     ks.head_dim == c.head_dim,
                 "KV cache shape does not match the model");
+  SAGELLM_CHECK(group_ == nullptr || !observer,
+                "activations can be observed with --tp-size 1 only (a rank holds only its heads)");
   const ForwardRows fr = plan_forward_rows(batch, c, ks.page_size, ks.num_pages);
   const int n_out = static_cast<int>(fr.logits_rows.size());
-  std::vector<float> logits(static_cast<size_t>(n_out) * static_cast<size_t>(vocab));
+  const bool logits_out = shard_.rank == 0;
+  std::vector<float> logits(logits_out ? static_cast<size_t>(n_out) * static_cast<size_t>(vocab)
+                                       : 0);
   if (rows == 0) return logits;
   const cudaStream_t s = stream_.get();
   ensure_rows(rows);
@@ -251,7 +270,7 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
       seen_.insert(key);
       enqueue_step(cache, attention, rows, n_out, seal_grid, observer);
     }
-    logits_.download_async(std::span<float>(logits.data(), logits.size()), s);
+    if (logits_out) download_logits(logits.data(), n_out);
     stream_.synchronize();
     return logits;
   }
@@ -266,18 +285,12 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
     }
   }
   enqueue_step(cache, attention, rows, n_out, static_cast<int>(kv_step.seal_jobs.size()), observer);
-  const bf16* head = lm_head_.empty() ? bf(embed_) : bf(lm_head_);
   const bf16* normed = n_out != rows ? bf(sel_) : bf(xn_);  // as enqueue_step chose
   for (int r0 = 0; r0 < n_out; r0 += kLogitsChunkRows) {
     const int m = std::min(kLogitsChunkRows, n_out - r0);
     // The first chunk was computed by enqueue_step.
-    if (r0 > 0) {
-      gemm_.linear(normed + static_cast<int64_t>(r0) * c.hidden_size, head, logits_.data(), m,
-                   vocab, c.hidden_size, s);
-    }
-    logits_.download_async(std::span<float>(logits.data() + static_cast<size_t>(r0) * vocab,
-                                            static_cast<size_t>(m) * vocab),
-                           s);
+    if (r0 > 0) enqueue_lm_head(normed + static_cast<int64_t>(r0) * c.hidden_size, m);
+    if (logits_out) download_logits(logits.data() + static_cast<size_t>(r0) * vocab, m);
   }
   stream_.synchronize();
   if (time_attention_) {
@@ -289,6 +302,42 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
     }
   }
   return logits;
+}
+
+void LlamaCudaModel::enqueue_lm_head(const void* normed, int m) {
+  const bf16* head = lm_head_.empty() ? bf(embed_) : bf(lm_head_);
+  const int part = shard_.vocab_rows;
+  const cudaStream_t s = stream_.get();
+  gemm_.linear(static_cast<const bf16*>(normed), head, logits_.data(), m, part, config_.hidden_size,
+               s);
+  if (group_ != nullptr) {
+    group_->all_gather_f32(shard_.rank, logits_.data(), gathered_.data(),
+                           static_cast<size_t>(m) * part, s);
+  }
+}
+
+void LlamaCudaModel::download_logits(float* out, int m) {
+  const cudaStream_t s = stream_.get();
+  const int vocab = config_.vocab_size;
+  if (group_ == nullptr) {
+    logits_.download_async(std::span<float>(out, static_cast<size_t>(m) * vocab), s);
+    return;
+  }
+  // Rank k's slice of every row lands in columns [k * part, k * part + valid) of the rows.
+  const int part = shard_.vocab_rows;
+  for (int k = 0; k < shard_.size; ++k) {
+    const int begin = k * part;
+    const int valid = std::min(part, vocab - begin);
+    SAGELLM_CUDA_CHECK(cudaMemcpy2DAsync(
+        out + begin, sizeof(float) * vocab, gathered_.data() + static_cast<size_t>(k) * m * part,
+        sizeof(float) * part, sizeof(float) * valid, m, cudaMemcpyDeviceToHost, s));
+  }
+}
+
+void LlamaCudaModel::all_reduce(DeviceBuffer<uint16_t>& buf, int rows) {
+  if (group_ == nullptr) return;
+  group_->all_reduce_sum_bf16(shard_.rank, buf.data(),
+                              static_cast<size_t>(rows) * config_.hidden_size, stream_.get());
 }
 
 double LlamaCudaModel::take_attention_seconds() {
@@ -321,7 +370,14 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
   bf16* xn = bf(xn_);
   bf16* qkv = bf(qkv_);
   bf16* att = bf(att_);
-  gpu::embedding(bf(embed_), vocab, h, d_ids, rows, resid, s);
+  if (group_ != nullptr) {
+    // Vocab-parallel: each token's row comes from the rank holding it, zeros from the others.
+    gpu::embedding_shard(bf(embed_), shard_.vocab_begin, shard_.vocab_rows, h, d_ids, rows, resid,
+                         s);
+    all_reduce(resid_, rows);
+  } else {
+    gpu::embedding(bf(embed_), vocab, h, d_ids, rows, resid, s);
+  }
 
   std::vector<uint16_t> host_a, host_b;  // observer downloads
   std::vector<float> obs_hidden, obs_attn;
@@ -391,10 +447,12 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
     attention.run(cache.layer(li), qkv, qkv_dim, att, s);
     if (timed) SAGELLM_CUDA_CHECK(cudaEventRecord(attention_events_[ev + 1], s));
     gemm_.linear(att, bf(l.o), delta, rows, h, nh * d, s);
+    all_reduce(delta_, rows);
     gpu::add_rmsnorm(resid, delta, bf(l.post_norm), xn, rows, h, eps, s);
     gemm_.linear(xn, bf(l.gate_up), bf(gate_up_), rows, 2 * inter, h, s);
     gpu::silu_mul(bf(gate_up_), bf(act_), rows, inter, s);
     gemm_.linear(bf(act_), bf(l.down), delta, rows, h, inter, s);
+    all_reduce(delta_, rows);
     if (observer) {
       // The residual stream after the layer is resid + delta; its add is folded into the next
       // layer's norm, so the observer gets it summed here in fp32.
@@ -422,8 +480,7 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
     gpu::embedding(xn, rows, h, d_out_rows, n_out, bf(sel_), s);
     normed = bf(sel_);
   }
-  const bf16* head = lm_head_.empty() ? bf(embed_) : bf(lm_head_);
-  gemm_.linear(normed, head, logits_.data(), std::min(kLogitsChunkRows, n_out), vocab, h, s);
+  enqueue_lm_head(normed, std::min(kLogitsChunkRows, n_out));
 }
 
 }  // namespace sagellm

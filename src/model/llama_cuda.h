@@ -28,8 +28,11 @@
 #include "kv_cache/kv_cache_cuda.h"
 #include "model/llama.h"
 #include "model/weight_source.h"
+#include "parallel/tp_shard.h"
 
 namespace sagellm {
+
+class NcclGroup;
 
 class CudaStream {
  public:
@@ -50,17 +53,26 @@ class LlamaCudaModel {
   // activation buffers are allocated for this many tokens per step up front (they grow if a step
   // has more), so that the memory left for the KV cache is known after loading.
   LlamaCudaModel(const WeightSource& source, int max_rows);
+  // One tensor-parallel rank's part of the model in `source` (tp_shard.h), on the current device.
+  // Its steps meet the other ranks' in `group`'s collectives (one all-reduce after the embedding
+  // and after each row-parallel GEMM, one all-gather of the logits); only rank 0 returns logits.
+  // `group` may be null for an unsharded model; a group of one takes the same path as a sharded
+  // rank (its collectives are copies).
+  LlamaCudaModel(const WeightSource& source, int max_rows, const TpShard& shard, NcclGroup* group);
   ~LlamaCudaModel();
   LlamaCudaModel(const LlamaCudaModel&) = delete;
   LlamaCudaModel& operator=(const LlamaCudaModel&) = delete;
 
+  // The rank's config (tp_shard_config): the whole model's unless sharded.
   const io::ModelConfig& config() const { return config_; }
+  const TpShard& shard() const { return shard_; }
   AttentionShape attention_shape() const;
   size_t weight_bytes() const { return weight_bytes_; }
   cudaStream_t stream() const { return stream_.get(); }
 
   // As LlamaModel::forward: writes the new tokens' K/V into `cache` and returns float32 logits
-  // ([seqs][vocab] for kLastPerSeq, [tokens][vocab] for kAll). Synchronizes the stream.
+  // ([seqs][vocab] for kLastPerSeq, [tokens][vocab] for kAll; none on ranks other than 0).
+  // Synchronizes the stream.
   //
   // Decode steps (one new token per request, at most kMaxGraphBatch requests, no observer) are
   // replayed from a CUDA graph captured per (requests, block-table width, whether the step seals
@@ -95,6 +107,13 @@ class LlamaCudaModel {
   // seal kernel (0: no seal launch; jobs past the live count in meta_ return at once).
   void enqueue_step(GpuKVCache& cache, CudaAttention& attention, int rows, int n_out, int seal_grid,
                     const ActivationObserver& observer);
+  // lm_head for `m` rows of normed hidden states into logits_ (and, sharded, every rank's slice
+  // gathered into gathered_).
+  void enqueue_lm_head(const void* normed, int m);
+  // Copies `m` rows of logits, as enqueue_lm_head left them, to `out` ([m][vocab]).
+  void download_logits(float* out, int m);
+  // The sum over the ranks of a row-parallel product (nothing without a group).
+  void all_reduce(DeviceBuffer<uint16_t>& buf, int rows);
 
   struct Graph {
     cudaGraphExec_t exec = nullptr;
@@ -103,6 +122,8 @@ class LlamaCudaModel {
   void clear_graphs();
 
   io::ModelConfig config_;
+  TpShard shard_;
+  NcclGroup* group_ = nullptr;
   CudaStream stream_;
   gpu::Gemm gemm_;
   DeviceBuffer<uint16_t> embed_, final_norm_, lm_head_;  // lm_head_ empty when tied
@@ -113,7 +134,8 @@ class LlamaCudaModel {
   // Per-step buffers, sized for `rows_` tokens.
   int rows_ = 0;
   DeviceBuffer<uint16_t> resid_, delta_, xn_, qkv_, att_, gate_up_, act_, sel_;
-  DeviceBuffer<float> logits_;
+  DeviceBuffer<float> logits_;    // [chunk][shard vocab rows]
+  DeviceBuffer<float> gathered_;  // sharded: [ranks][chunk][shard vocab rows]
   // ids, positions, pages, slots, logits rows, tail slots [rows each], the live seal-job count,
   // seal jobs [rows] (an 8-bit cache seals at most one page per new row).
   DeviceBuffer<int32_t> meta_;

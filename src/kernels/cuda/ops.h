@@ -35,6 +35,12 @@ void validate_token_ids(std::span<const int32_t> ids, int vocab);
 void embedding(const bf16* table, int vocab, int dim, const int32_t* ids, int num_ids, bf16* out,
                cudaStream_t stream);
 
+// The vocab-parallel embedding of one tensor-parallel rank: `table` holds the rows of ids
+// [first_id, first_id + rows); out[t] is the row of ids[t] when this rank holds it, zeros when
+// another rank does (the ranks' outputs are then summed).
+void embedding_shard(const bf16* table, int first_id, int rows, int dim, const int32_t* ids,
+                     int num_ids, bf16* out, cudaStream_t stream);
+
 // ---- RMSNorm ------------------------------------------------------------------------------
 
 // out[t][i] = bf16(w[i] * (x[t][i] * inv)), inv = 1 / sqrtf(sum_i x[t][i]^2 / dim + eps), all in
