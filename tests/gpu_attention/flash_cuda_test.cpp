@@ -227,12 +227,16 @@ TEST(FlashCudaPlan, SplitCountsDependOnKvLenOnly) {
   using namespace flash_cuda;
   EXPECT_EQ(flash_num_splits(0), 1);
   EXPECT_EQ(flash_num_splits(1), 1);
-  EXPECT_EQ(flash_num_splits(kFlashSplitKeys), 1);
-  EXPECT_EQ(flash_num_splits(kFlashSplitKeys + 1), 2);
+  EXPECT_EQ(flash_num_splits(kFlashBlockN), 1);
+  EXPECT_EQ(flash_num_splits(kFlashSplitKeys), kFlashSplitKeys / kFlashBlockN);  // one tile each
+  EXPECT_EQ(flash_num_splits(1025), 17);                                         // batch 1, 1K
+  EXPECT_EQ(flash_num_splits(8192), 32);
   for (int kv = 1; kv <= 40000; kv += 7) {
     const int splits = flash_num_splits(kv), tps = flash_tiles_per_split(kv);
     const int tiles = (kv + kFlashBlockN - 1) / kFlashBlockN;
-    const int want = std::min((kv + kFlashSplitKeys - 1) / kFlashSplitKeys, kFlashMaxSplits);
+    const int want = std::min(
+        std::max((kv + kFlashSplitKeys - 1) / kFlashSplitKeys, std::min(tiles, kFlashMinSplits)),
+        kFlashMaxSplits);
     ASSERT_GE(splits, 1);
     ASSERT_LE(splits, kFlashMaxSplits);
     ASSERT_GE(splits * tps, tiles) << kv;        // every key is in a split
@@ -244,11 +248,11 @@ TEST(FlashCudaPlan, SplitCountsDependOnKvLenOnly) {
 TEST(FlashCudaPlan, RoutesEachRequestOnItsOwnLengths) {
   const AttentionShape shape{32, 8, 128, 0.088f};
   // group 4: q_len <= 16 -> split kernel.
-  FlashPlan plan = select_flash_kernel(shape, batch_of({{1, 100}}, 64), 64);
+  FlashPlan plan = select_flash_kernel(shape, batch_of({{1, 64}}, 64), 64);
   ASSERT_TRUE(plan.supported()) << plan.unsupported_reason;
   EXPECT_TRUE(plan.run_decode);
   EXPECT_FALSE(plan.run_prefill);
-  EXPECT_FALSE(plan.run_combine);  // 100 keys: one split, written directly
+  EXPECT_FALSE(plan.run_combine);  // 64 keys: one tile, one split, written directly
   EXPECT_EQ(plan.split_slots, 0);
 
   plan = select_flash_kernel(shape, batch_of({{16, 5000}, {17, 17}, {1, 300}}, 64), 64);

@@ -184,6 +184,7 @@ TEST_F(GemmGpu, SmallMGemvShapes) {
     check_gemm(gemm, {4, 130, 520, DType::kF32, false, 528, 140}, 94);  // strided A and C
     check_gemm(gemm, {3, 7, 8}, 95);                                    // fewer rows than a CTA
     check_gemm(gemm, {4, 128256, 64, DType::kF32}, 96);                 // LM head of a small model
+    check_gemm(gemm, {2, 12288, 1000}, 98);  // two warps per row group (gemv_split)
   }
 }
 

@@ -31,9 +31,12 @@ inline constexpr int kFlashPrefillBlockM = 128;
 inline constexpr int kFlashDecodeBlockM = 16;
 // Requests with q_len * group up to this many rows run on the split-KV kernel.
 inline constexpr int kFlashDecodeMaxRows = 64;
-// Split-KV granularity: about this many keys per split, at most kFlashMaxSplits splits.
+// Split-KV granularity: about this many keys per split, at most kFlashMaxSplits splits; a short
+// context is cut into up to kFlashMinSplits splits of one tile or more, so that one request's few
+// KV heads still spread over the GPU (batch 1, 1K keys, 8 KV heads: 136 CTAs instead of 40).
 inline constexpr int kFlashSplitKeys = 256;
 inline constexpr int kFlashMaxSplits = 64;
+inline constexpr int kFlashMinSplits = 32;
 // Head dims are padded up to one of the two native sizes.
 inline constexpr int kFlashMaxHeadDim = 128;
 
@@ -51,6 +54,8 @@ SAGELLM_HOST_DEVICE inline constexpr int flash_tiles_per_split(int kv_len) {
   const int tiles = flash_ceil_div(kv_len, kFlashBlockN);
   if (tiles <= 0) return 1;
   int want = flash_ceil_div(kv_len, kFlashSplitKeys);
+  const int short_want = tiles < kFlashMinSplits ? tiles : kFlashMinSplits;
+  if (want < short_want) want = short_want;
   if (want > kFlashMaxSplits) want = kFlashMaxSplits;
   if (want < 1) want = 1;
   return flash_ceil_div(tiles, want);

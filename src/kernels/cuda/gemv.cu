@@ -19,12 +19,19 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8]) {
   }
 }
 
-template <int M, bool kF32>
+// kSplit warps share each group of kRowsPerWarp rows, warp `slice` taking every kSplit-th
+// k-chunk; their partial sums meet in shared memory and are added in slice order. Splitting k
+// keeps enough loads in flight when there are few rows (n = 4096: 512 CTAs without a split,
+// fewer than the GPU holds at once).
+template <int M, bool kF32, int kSplit>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
+  static_assert(kWarps % kSplit == 0, "the warps of a CTA form whole split groups");
+  constexpr int kGroups = kWarps / kSplit;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  const int n0 = (blockIdx.x * kWarps + warp) * kRowsPerWarp;
-  if (n0 >= p.n) return;
+  const int group = warp / kSplit;
+  const int slice = warp - group * kSplit;
+  const int n0 = (blockIdx.x * kGroups + group) * kRowsPerWarp;
   const __nv_bfloat16* w_rows[kRowsPerWarp];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
@@ -37,11 +44,13 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) acc[m][r] = 0.0f;
   }
-  for (int base = lane * 8; base < p.k; base += kChunk * kUnroll) {
+  constexpr int kStride = kChunk * kSplit;  // between this warp's consecutive k-chunks
+  const int first = slice * kChunk + lane * 8;
+  for (int base = n0 < p.n ? first : p.k; base < p.k; base += kStride * kUnroll) {
     uint4 wv[kUnroll][kRowsPerWarp];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int kk = base + u * kChunk;
+      const int kk = base + u * kStride;
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) {
         wv[u][r] = kk < p.k ? __ldcs(reinterpret_cast<const uint4*>(w_rows[r] + kk))
@@ -50,7 +59,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int kk = base + u * kChunk;
+      const int kk = base + u * kStride;
       if (kk >= p.k) break;
       float wf[kRowsPerWarp][8];
 #pragma unroll
@@ -67,33 +76,74 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
       }
     }
   }
+  auto store = [&](int m, int n, float v) {
+    const int64_t at = m * p.ldc + n;
+    if constexpr (kF32) {
+      static_cast<float*>(p.c)[at] = v;
+    } else {
+      static_cast<__nv_bfloat16*>(p.c)[at] = __float2bfloat16_rn(v);
+    }
+  };
+  if constexpr (kSplit == 1) {
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
+    for (int m = 0; m < M; ++m) {
 #pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const float s = detail::warp_sum(acc[m][r]);
-      if (lane == 0 && n0 + r < p.n) {
-        const int64_t at = m * p.ldc + n0 + r;
-        if constexpr (kF32) {
-          static_cast<float*>(p.c)[at] = s;
-        } else {
-          static_cast<__nv_bfloat16*>(p.c)[at] = __float2bfloat16_rn(s);
-        }
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        const float s = detail::warp_sum(acc[m][r]);
+        if (lane == 0 && n0 + r < p.n) store(m, n0 + r, s);
       }
+    }
+  } else {
+    __shared__ float part[kWarps][M][kRowsPerWarp];
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        const float s = detail::warp_sum(acc[m][r]);
+        if (lane == 0) part[warp][m][r] = s;
+      }
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < kGroups * M * kRowsPerWarp; t += blockDim.x) {
+      const int g = t / (M * kRowsPerWarp);
+      const int m = t / kRowsPerWarp % M;
+      const int r = t % kRowsPerWarp;
+      const int n = (blockIdx.x * kGroups + g) * kRowsPerWarp + r;
+      if (n >= p.n) continue;
+      float sum = part[g * kSplit][m][r];
+#pragma unroll
+      for (int sl = 1; sl < kSplit; ++sl) sum += part[g * kSplit + sl][m][r];
+      store(m, n, sum);
     }
   }
 }
 
-template <int M>
-cudaError_t launch_m(const GemvArgs& p, cudaStream_t stream) {
-  const int rows_per_cta = kWarps * kRowsPerWarp;
+// Warps that share a row group: a function of n alone (not of m, so a request's row of C is
+// the same bits in any batch).
+int gemv_split(int n) { return n <= 8192 ? 4 : n <= 16384 ? 2 : 1; }
+
+template <int M, int kSplit>
+cudaError_t launch_split(const GemvArgs& p, cudaStream_t stream) {
+  const int rows_per_cta = kWarps / kSplit * kRowsPerWarp;
   const dim3 grid((p.n + rows_per_cta - 1) / rows_per_cta);
   if (p.c_f32) {
-    gemv_kernel<M, true><<<grid, kWarps * 32, 0, stream>>>(p);
+    gemv_kernel<M, true, kSplit><<<grid, kWarps * 32, 0, stream>>>(p);
   } else {
-    gemv_kernel<M, false><<<grid, kWarps * 32, 0, stream>>>(p);
+    gemv_kernel<M, false, kSplit><<<grid, kWarps * 32, 0, stream>>>(p);
   }
   return cudaGetLastError();
+}
+
+template <int M>
+cudaError_t launch_m(const GemvArgs& p, cudaStream_t stream) {
+  switch (gemv_split(p.n)) {
+    case 4:
+      return launch_split<M, 4>(p, stream);
+    case 2:
+      return launch_split<M, 2>(p, stream);
+    default:
+      return launch_split<M, 1>(p, stream);
+  }
 }
 
 }  // namespace
@@ -114,14 +164,6 @@ cudaError_t gemv_launch(const GemvArgs& p, cudaStream_t stream) {
       return launch_m<3>(p, stream);
     case 4:
       return launch_m<4>(p, stream);
-    case 5:
-      return launch_m<5>(p, stream);
-    case 6:
-      return launch_m<6>(p, stream);
-    case 7:
-      return launch_m<7>(p, stream);
-    case 8:
-      return launch_m<8>(p, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -3,9 +3,14 @@
 // leave a fifth of the bandwidth unused; this one keeps 16 bytes x kUnroll x kRowsPerWarp loads
 // in flight per thread.
 //
+// With few output rows (n <= 16384: o_proj, down_proj and QKV of an 8B model) 2 or 4 warps share
+// each row and split its k-chunks, which keeps the GPU's loads in flight (measured on the H200,
+// batch-1 decode: o/down 3.0 -> 3.5 TB/s, QKV 3.0 -> 3.2 TB/s).
+//
 // Numerics: fp32 accumulation; each lane sums its k-chunks in increasing k, then a fixed
-// butterfly reduction over the warp; one rounding at the store. The order depends on k alone, so
-// row m of C is the same bits whatever M is: a request's logits do not depend on its batch.
+// butterfly reduction over the warp, then the warps sharing a row in warp order; one rounding at
+// the store. The order depends on n and k alone, so row m of C is the same bits whatever M is: a
+// request's logits do not depend on its batch.
 #pragma once
 
 #include <cuda_bf16.h>

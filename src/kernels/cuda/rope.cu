@@ -1,4 +1,5 @@
 // Rotary position embedding applied in place to bf16 q and k rows.
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/kernel_util.cuh"
@@ -11,16 +12,18 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kMaxHeadDim = 1024;
 
-// One block per row (grid-stride over rows). The row's cos/sin table is computed once into
-// shared memory and used by all its heads. Products and the sum are rounded explicitly
-// (__fmul_rn/__fadd_rn) so the compiler cannot fuse them: the fp32 result is then the one
-// sagellm::Rope computes from the same cos/sin.
+// Grid: (blocks over the row's (head, pair) items, rows); a decode step has one row, and its 40
+// heads x 64 pairs (Llama-3.1-8B) spread over many blocks instead of one block's serial loop.
+// Each block computes the row's cos/sin table into shared memory for its items. Products and the
+// sum are rounded explicitly (__fmul_rn/__fadd_rn) so the compiler cannot fuse them: the fp32
+// result is then the one sagellm::Rope computes from the same cos/sin.
 __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
   __shared__ float cs[kMaxHeadDim];  // [0, half): cos, [half, head_dim): sin
   const int half = p.head_dim / 2;
   const int heads = p.q_heads + p.k_heads;
   const int pairs = heads * half;
-  for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  for (int64_t row = blockIdx.y; row < p.rows; row += gridDim.y) {
     const float pos = static_cast<float>(p.positions[row]);
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
       const float angle = __fmul_rn(p.inv_freq[i], pos);
@@ -31,7 +34,7 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p) {
       cs[half + i] = s;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < pairs; e += blockDim.x) {
+    if (e < pairs) {
       const int h = e / half;
       const int i = e - h * half;
       bf16* v = h < p.q_heads
@@ -68,7 +71,12 @@ void rope(const RopeParams& params, cudaStream_t stream) {
   SAGELLM_GPU_REQUIRE(p.inv_freq != nullptr && p.positions != nullptr, "rope: null table");
   SAGELLM_GPU_REQUIRE(p.q_heads == 0 || p.q != nullptr, "rope: null q");
   SAGELLM_GPU_REQUIRE(p.k_heads == 0 || p.k != nullptr, "rope: null k");
-  rope_kernel<<<detail::blocks_for_rows(p.rows), kThreads, 0, stream>>>(p);
+  const int64_t pairs = static_cast<int64_t>(p.q_heads + p.k_heads) * (p.head_dim / 2);
+  SAGELLM_GPU_REQUIRE(pairs <= int64_t{65535} * kThreads, "rope: too many heads (",
+                      p.q_heads + p.k_heads, ")");
+  const dim3 grid(static_cast<unsigned>((pairs + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(std::min<int64_t>(p.rows, 65535)));
+  rope_kernel<<<grid, kThreads, 0, stream>>>(p);
   SAGELLM_CUDA_CHECK_LAUNCH();
 }
 
