@@ -10,6 +10,7 @@
 #include "model/forward_rows.h"
 #include "model/weight_source.h"
 #include "parallel/host_group.h"
+#include "parallel/rank_pages.h"
 #include "parallel/rank_threads.h"
 #include "parallel/tp_shard.h"
 
@@ -76,14 +77,10 @@ class CpuRunner final : public ModelRunner {
   int page_size() const override { return cache0().shape().page_size; }
   int num_pages() const override { return cache0().shape().num_pages; }
   int num_free_pages() const override { return cache0().num_free_pages(); }
-  // Every rank's cache holds its KV heads of the same pages: one page index names them all.
   std::optional<int> allocate_page() override {
-    const std::optional<int> page = ranks_[0]->cache.allocate();
-    for (size_t r = 1; r < ranks_.size(); ++r) {
-      const std::optional<int> same = ranks_[r]->cache.allocate();
-      SAGELLM_CHECK(same == page, "tensor-parallel rank {}'s KV pages diverged from rank 0's", r);
-    }
-    return page;
+    return allocate_page_on_every_rank(
+        static_cast<int>(ranks_.size()),
+        [&](int r) -> PagedKVCache& { return ranks_[static_cast<size_t>(r)]->cache; });
   }
   void release_page(int page) override {
     for (auto& rank : ranks_) rank->cache.release(page);

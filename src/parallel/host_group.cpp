@@ -42,28 +42,31 @@ void HostGroup::arrive_and_wait(std::unique_lock<std::mutex>& lock) {
   SAGELLM_CHECK(generation_ != gen, "tensor-parallel group aborted: {}", why_);
 }
 
-void HostGroup::all_reduce_sum(int rank, std::span<float> data) {
+void HostGroup::exchange(int rank, const float* data, size_t count, const char* what,
+                         const std::function<void()>& read) {
   std::unique_lock<std::mutex> lock(mu_);
-  const auto r = static_cast<size_t>(rank);
-  in_[r] = data.data();
-  count_[r] = data.size();
+  in_[static_cast<size_t>(rank)] = data;
+  count_[static_cast<size_t>(rank)] = count;
   arrive_and_wait(lock);
-  // Every rank has published its buffer and none writes until all have read (second rendezvous).
   const bool same =
       std::all_of(count_.begin(), count_.end(), [&](size_t n) { return n == count_[0]; });
   lock.unlock();
-  SAGELLM_CHECK(same, "tensor-parallel all-reduce: the ranks passed different sizes");
-  std::vector<float> sum(data.begin(), data.end());
-  if (size_ > 1) {
-    std::copy(in_[0], in_[0] + data.size(), sum.begin());
+  // Every rank sees the same sizes, so either all throw here or none does.
+  SAGELLM_CHECK(same, "tensor-parallel {}: the ranks passed different sizes", what);
+  read();
+  lock.lock();
+  arrive_and_wait(lock);
+}
+
+void HostGroup::all_reduce_sum(int rank, std::span<float> data) {
+  std::vector<float> sum(data.size());
+  exchange(rank, data.data(), data.size(), "all-reduce", [&] {
+    std::copy(in_[0], in_[0] + sum.size(), sum.begin());
     for (size_t k = 1; k < in_.size(); ++k) {
       const float* src = in_[k];
       for (size_t i = 0; i < sum.size(); ++i) sum[i] += src[i];
     }
-  }
-  lock.lock();
-  arrive_and_wait(lock);
-  lock.unlock();
+  });
   std::copy(sum.begin(), sum.end(), data.begin());
 }
 
@@ -71,20 +74,12 @@ void HostGroup::all_gather(int rank, std::span<const float> in, std::span<float>
   SAGELLM_CHECK(out.size() == in.size() * static_cast<size_t>(size_),
                 "tensor-parallel all-gather: output holds {} values, {} ranks x {} expected",
                 out.size(), size_, in.size());
-  std::unique_lock<std::mutex> lock(mu_);
-  const auto r = static_cast<size_t>(rank);
-  in_[r] = in.data();
-  count_[r] = in.size();
-  arrive_and_wait(lock);
-  const bool same =
-      std::all_of(count_.begin(), count_.end(), [&](size_t n) { return n == count_[0]; });
-  lock.unlock();
-  SAGELLM_CHECK(same, "tensor-parallel all-gather: the ranks passed different sizes");
-  for (size_t k = 0; k < in_.size(); ++k) {
-    std::copy(in_[k], in_[k] + in.size(), out.begin() + static_cast<std::ptrdiff_t>(k * in.size()));
-  }
-  lock.lock();
-  arrive_and_wait(lock);
+  exchange(rank, in.data(), in.size(), "all-gather", [&] {
+    for (size_t k = 0; k < in_.size(); ++k) {
+      std::copy(in_[k], in_[k] + in.size(),
+                out.begin() + static_cast<std::ptrdiff_t>(k * in.size()));
+    }
+  });
 }
 
 }  // namespace sagellm

@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <span>
 #include <string>
@@ -32,6 +33,11 @@ class HostGroup {
 
  private:
   void arrive_and_wait(std::unique_lock<std::mutex>& lock);
+  // One collective: publishes this rank's buffer, waits for every rank's, checks that the sizes
+  // agree, runs `read` over the published buffers (in_), and waits until every rank has read them
+  // before returning (so that no buffer is written while another rank reads it).
+  void exchange(int rank, const float* data, size_t count, const char* what,
+                const std::function<void()>& read);
 
   int size_;
   std::mutex mu_;
