@@ -19,6 +19,9 @@ namespace sagellm::server {
 
 namespace {
 
+// How long shutdown waits for ended streams to flush their last events.
+constexpr std::chrono::seconds kStreamDrainTimeout{5};
+
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
@@ -236,11 +239,13 @@ struct ApiServer::Handlers {
     }
     auto stream = std::make_shared<EventStream>(std::move(ctx), channel);
     Scheduler* scheduler = s.scheduler_.get();
+    std::shared_ptr<void> counted = s.open_streams_.open();
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
         [stream](size_t, httplib::DataSink& sink) { return stream->pump(sink); },
-        [stream, scheduler, id](bool) {
+        // `counted` lives as long as the response: shutdown waits for it.
+        [stream, scheduler, id, counted](bool) {
           // The client went away before the end: stop generating and free the pages now.
           if (!stream->finished()) scheduler->cancel(id);
         });
@@ -434,6 +439,9 @@ void ApiServer::attach(Engine& engine) {
 void ApiServer::shutdown(std::chrono::milliseconds grace) {
   state_ = State::kStopping;
   if (scheduler_) scheduler_->shutdown(grace);
+  // Every request has ended; give the streams a moment to write their final events (a client
+  // that stopped reading is cut off after it).
+  open_streams_.wait_closed(std::chrono::steady_clock::now() + kStreamDrainTimeout);
   if (http_) http_->stop();
   if (listener_.joinable()) listener_.join();
 }

@@ -16,6 +16,7 @@
 #include "engine/engine.h"
 #include "engine/scheduler.h"
 #include "server/metrics.h"
+#include "server/open_streams.h"
 
 namespace httplib {
 class Server;
@@ -60,6 +61,7 @@ class ApiServer {
   struct Handlers;
 
   ServerOptions options_;
+  OpenStreams open_streams_;  // declared before http_: outlives every response
   std::unique_ptr<httplib::Server> http_;
   std::thread listener_;
   int port_ = 0;

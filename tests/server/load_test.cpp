@@ -158,22 +158,33 @@ TEST(ServerLoad, DisconnectMidStreamFreesItsPages) {
 
 TEST(ServerLoad, ShutdownEndsInFlightStreamsCleanly) {
   LiveServer s(passkey());
-  testing::SseReply reply;
-  std::thread client([&] {
-    reply = http_stream(s.port, "/v1/completions",
-                        {{"prompt", "The pass key is"},
-                         {"max_tokens", 4000},
-                         {"ignore_eos", true},
-                         {"stream", true}});
-  });
-  ASSERT_TRUE(eventually([&] { return s.srv->scheduler()->stats().generation_tokens > 5; }));
+  // Several streams, so that some are between two writes when the server stops: each must
+  // still end with its final event and [DONE].
+  constexpr int kStreams = 4;
+  std::vector<testing::SseReply> replies(kStreams);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kStreams; ++i) {
+    clients.emplace_back([&, i] {
+      replies[i] = http_stream(s.port, "/v1/completions",
+                               {{"prompt", "The pass key is"},
+                                {"max_tokens", 4000},
+                                {"ignore_eos", true},
+                                {"stream", true}});
+    });
+  }
+  ASSERT_TRUE(eventually([&] {
+    const SchedulerStats st = s.srv->scheduler()->stats();
+    return st.running == kStreams && st.generation_tokens > 5 * kStreams;
+  }));
   s.srv->shutdown(std::chrono::milliseconds(0));
-  client.join();
-  ASSERT_EQ(reply.status, 200);
-  EXPECT_TRUE(reply.done) << reply.raw.substr(0, 500);
-  EXPECT_FALSE(reply.malformed);
-  EXPECT_EQ(reply.last()["choices"][0]["finish_reason"], "abort");
-  EXPECT_LT(reply.last()["usage"]["completion_tokens"].get<int>(), 4000);
+  for (std::thread& c : clients) c.join();
+  for (const testing::SseReply& reply : replies) {
+    ASSERT_EQ(reply.status, 200) << reply.error;
+    EXPECT_TRUE(reply.done) << reply.raw.substr(0, 500);
+    EXPECT_FALSE(reply.malformed);
+    EXPECT_EQ(reply.last()["choices"][0]["finish_reason"], "abort");
+    EXPECT_LT(reply.last()["usage"]["completion_tokens"].get<int>(), 4000);
+  }
 }
 
 struct BadCase {
