@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/dtype.h"
 #include "core/fp8.h"
 #include "core/int8_quant.h"
 
@@ -40,7 +41,7 @@ void quantize_v_page(const float* v, int n, int page_size, int head_dim, uint8_t
   for (int d = 0; d < head_dim; ++d) {
     float max_abs = 0.0f;
     for (int j = 0; j < n; ++j) max_abs = std::max(max_abs, std::fabs(v[j * head_dim + d]));
-    scale[d] = max_abs / kFp8E4M3Max;
+    scale[d] = round_to_bf16(max_abs / kFp8E4M3Max);
   }
   for (int j = 0; j < n; ++j) {
     for (int d = 0; d < head_dim; ++d) {

@@ -11,7 +11,9 @@
 //   so k ~= code * scale + mean[d]. The mean takes the per-channel offsets (the outliers of K) out
 //   before the one per-page scale is chosen, and the attention kernel adds q . mean back exactly.
 // V (per channel d):
-//   scale[d] = max over j of |v[j][d]| / 448      (0 when all are 0)
+//   scale[d] = bf16(max over j of |v[j][d]| / 448)   (0 when all are 0; rounded to nearest-even
+//              bf16, the cache stores it in 2 bytes: the channel's maximum may then be up to 2^-8
+//              past 448 and saturates to 448)
 //   code     = fp8_e4m3_satfinite(v[j][d] / scale[d])   (+0 when scale[d] == 0)
 //   so v ~= fp8_value(code) * scale[d].
 // Rows j >= n are not read and their codes are set to 0, so a partly filled page quantizes only

@@ -113,11 +113,12 @@ Int8Layer build_int8_layer(const Problem& p, const PagedKVCache& cache) {
             sage_cuda::sage_v_position_of_key(j)] = q.v[j * hd + d];
         }
       }
+      // The cache's V scales are bf16 values: the conversion is exact.
       float* mean = reinterpret_cast<float*>(b + sage_cuda::sage_k_mean_offset(dp));
-      float* vscale = reinterpret_cast<float*>(b + sage_cuda::sage_v_scale_offset(dp));
+      auto* vscale = reinterpret_cast<uint16_t*>(b + sage_cuda::sage_v_scale_offset(dp));
       for (int d = 0; d < hd; ++d) {
         mean[d] = q.k_mean[d];
-        vscale[d] = q.v_scale[d];
+        vscale[d] = float_to_bf16(q.v_scale[d]);
       }
       *reinterpret_cast<float*>(b + sage_cuda::sage_k_scale_offset(dp)) = q.k_scale;
     }
@@ -405,11 +406,11 @@ TEST(SageCuda, PageQuantizationBitwiseEqualsCpu) {
           }
         }
         const float* mean = reinterpret_cast<const float*>(b + sage_cuda::sage_k_mean_offset(dp));
-        const float* vscale =
-            reinterpret_cast<const float*>(b + sage_cuda::sage_v_scale_offset(dp));
+        const auto* vscale =
+            reinterpret_cast<const uint16_t*>(b + sage_cuda::sage_v_scale_offset(dp));
         for (int d = 0; d < dp; ++d) {
           mismatches += mean[d] != (d < hd ? km[static_cast<size_t>(d)] : 0.0f);
-          mismatches += vscale[d] != (d < hd ? vs[static_cast<size_t>(d)] : 0.0f);
+          mismatches += bf16_to_float(vscale[d]) != (d < hd ? vs[static_cast<size_t>(d)] : 0.0f);
         }
         mismatches += *reinterpret_cast<const float*>(b + sage_cuda::sage_k_scale_offset(dp)) != ks;
       }

@@ -43,7 +43,7 @@ struct SageTraits {
   static constexpr int kKBytes = kSagePageSize * kDp;
   // fp16 mode keeps room for a page whose V is fp16 (a page quantized on the fly).
   static constexpr int kVBytes = (kPvFp8 ? 1 : 2) * kSagePageSize * kDp;
-  static constexpr int kMetaBytes = 8 * kDp + 16;
+  static constexpr int kMetaBytes = 6 * kDp + 16;
   static constexpr int kStageBytes = kKBytes + kVBytes + kMetaBytes;
   static constexpr int kQ8Bytes = kRows * kDp;
   static constexpr int kQhBytes = kRows * kDp * 2;
@@ -228,9 +228,10 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
                                           int key0, int lim0, int lim1, bool masked,
                                           WarpState<T>& w, int lane) {
   const int g = lane >> 2, t = lane & 3, mi = lane >> 3;
+  // The page's fp32 means, bf16 V scales and fp32 K scale (sage_params.h).
   const float* mean = reinterpret_cast<const float*>(stage_ptr + T::kKBytes + T::kVBytes);
-  const float* vscale = mean + T::kDp;
-  const float kscale = mean[2 * T::kDp];
+  const bf16* vscale = reinterpret_cast<const bf16*>(mean + T::kDp);
+  const float kscale = *reinterpret_cast<const float*>(vscale + T::kDp);
 
   // S = Q8 K8^T in int32 (exact).
   int si[T::kNT][4];
@@ -387,7 +388,9 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
     for (int n = 0; n < 2; ++n) {
       const int dt = 2 * dpair + n;
       float2 f = make_float2(1.0f, 1.0f);
-      if (T::kPvFp8 || !v16_page) f = *reinterpret_cast<const float2*>(vscale + dt * 8 + 2 * t);
+      if (T::kPvFp8 || !v16_page) {
+        f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vscale + dt * 8 + 2 * t));
+      }
       w.acc[dt][0] = fmaf(part[n][0], f.x, w.acc[dt][0] * alpha0);
       w.acc[dt][1] = fmaf(part[n][1], f.y, w.acc[dt][1] * alpha0);
       w.acc[dt][2] = fmaf(part[n][2], f.x, w.acc[dt][2] * alpha1);

@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const Sag
   int8_t* k_codes = reinterpret_cast<int8_t*>(dst + sage_k_codes_offset(dp));
   uint8_t* v_codes = dst + sage_v_codes_offset(dp);
   float* k_mean = reinterpret_cast<float*>(dst + sage_k_mean_offset(dp));
-  float* v_scale = reinterpret_cast<float*>(dst + sage_v_scale_offset(dp));
+  bf16* v_scale = reinterpret_cast<bf16*>(dst + sage_v_scale_offset(dp));
   float* k_scale = reinterpret_cast<float*>(dst + sage_k_scale_offset(dp));
 
   // K: mean per channel, summed in token order as the CPU does.
@@ -126,8 +126,9 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const Sag
     if (d < hd) {
       for (int j = 0; j < n; ++j) vmax = fmaxf(vmax, fabsf(__bfloat162float(vs[j][d])));
     }
-    const float vscale = vmax / 448.0f;
-    v_scale[d] = vscale;
+    const bf16 vscale_bf16 = __float2bfloat16_rn(vmax / 448.0f);
+    const float vscale = __bfloat162float(vscale_bf16);
+    v_scale[d] = vscale_bf16;
     for (int pos = 0; pos < kSagePageSize; ++pos) {
       const int j = sage_v_key_of_position(pos);
       uint8_t code = 0;
