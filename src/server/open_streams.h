@@ -28,11 +28,6 @@ class OpenStreams {
     return cv_.wait_until(lock, deadline, [this] { return open_ == 0; });
   }
 
-  int count() {
-    std::lock_guard lock(mu_);
-    return open_;
-  }
-
  private:
   void close() {
     std::lock_guard lock(mu_);

@@ -375,7 +375,7 @@ struct ApiServer::Handlers {
       send_json(res, res.status, error_json(res.status, message, type));
     });
     http.set_exception_handler(
-        [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        [](const httplib::Request&, httplib::Response& res, const std::exception_ptr& ep) {
           std::string what = "internal error";
           try {
             std::rethrow_exception(ep);

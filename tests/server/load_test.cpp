@@ -50,11 +50,13 @@ TEST(ServerLoad, TwoHundredConcurrentStreamsLoseAndDuplicateNothing) {
   constexpr int kClients = 200;
   std::mt19937 rng(5);
   std::vector<std::pair<size_t, int>> jobs;
+  jobs.reserve(kClients);
   for (int i = 0; i < kClients; ++i) {
     jobs.emplace_back(rng() % kPrompts.size(), 1 + static_cast<int>(rng() % kMaxLen));
   }
   std::vector<testing::SseReply> replies(kClients);
   std::vector<std::thread> threads;
+  threads.reserve(kClients);
   for (int i = 0; i < kClients; ++i) {
     threads.emplace_back([&, i] {
       const json body = {{"prompt", kPrompts[jobs[static_cast<size_t>(i)].first]},
@@ -163,6 +165,7 @@ TEST(ServerLoad, ShutdownEndsInFlightStreamsCleanly) {
   constexpr int kStreams = 4;
   std::vector<testing::SseReply> replies(kStreams);
   std::vector<std::thread> clients;
+  clients.reserve(kStreams);
   for (int i = 0; i < kStreams; ++i) {
     clients.emplace_back([&, i] {
       replies[i] = http_stream(s.port, "/v1/completions",

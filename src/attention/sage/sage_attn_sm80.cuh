@@ -7,8 +7,9 @@
 //   rows are exactly one Q scale block (blocks are aligned to the request's first new token);
 // - split-KV (kSplit = true): one warp, 16 rows packed across the GQA group (row r = new token
 //   r / group of query head kv_head * group + r % group), over one split of the request's pages.
-// The key tile is one page of 64 keys, double-buffered in shared memory with cp.async (K codes,
-// V codes and the page's mean and scales). Per page and warp:
+// The key tile is one page of 64 keys, loaded into shared memory with cp.async (K codes, V codes
+// and the page's mean and scales), double-buffered in prefill and single-buffered in split-KV
+// (SageTraits::kStages). Per page and warp:
 //   S = (Q8 K8^T) * (q_scale * k_scale) + q'.k_mean    (INT8 m16n8k32, int32 accumulation)
 //   one running-max update per page, P = exp2(S - m) (the bottom-right causal mask applied),
 //   P rounded to FP8 (x448) or FP16, partial = P V (FP8 m16n8k32 or FP16 m16n8k16, fp32) per
