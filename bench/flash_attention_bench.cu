@@ -17,7 +17,9 @@
 #include <vector>
 
 #include "attention/flash/flash_cuda.h"
+#include "attention/flash/flash_launch_sm90.cuh"
 #include "attention/flash/flash_prefill_sm80.cuh"
+#include "attention/flash/flash_prefill_sm90.cuh"
 
 namespace {
 
@@ -183,10 +185,24 @@ double run_case(const Case& c, int reps, double* flops_out, double* bytes_out, d
   return ms[ms.size() / 2];
 }
 
-// Prefill kernel variants (tile shapes) launched directly on one prefill problem: median ms, and
-// whether the output is bitwise the library kernel's (same per-row arithmetic order).
+using LaunchFn = cudaError_t (*)(const sagellm::flash_cuda::FlashParams&, int, int, cudaStream_t);
+
 template <class T>
-void run_variant(const char* name, const Case& c) {
+cudaError_t launch_sm80(const sagellm::flash_cuda::FlashParams& p, int max_q_len, int /*pages*/,
+                        cudaStream_t s) {
+  const cudaError_t err =
+      cudaFuncSetAttribute(sagellm::flash_cuda::sm80::flash_prefill_kernel<T>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid((max_q_len + T::kBlockM - 1) / T::kBlockM, p.num_heads, p.num_seqs);
+  sagellm::flash_cuda::sm80::flash_prefill_kernel<T><<<grid, T::kThreads, T::kSmemBytes, s>>>(p);
+  return cudaGetLastError();
+}
+
+// Prefill kernel variants (sm_80 tile shapes, Hopper schedules) launched directly on one prefill
+// problem: median ms, and whether the output is bitwise the library kernel's (same per-row
+// arithmetic order) or how far it is from it.
+void run_variant(const char* name, const Case& c, LaunchFn launch_fn) {
   using namespace sagellm;
   using namespace sagellm::flash_cuda;
   const int ps = 64;
@@ -229,12 +245,7 @@ void run_variant(const char* name, const Case& c) {
   p.kv_lens = kv;
   flash_attention_cuda(plan, p, nullptr);
   p.o = o;
-  BENCH_CHECK(cudaFuncSetAttribute(sagellm::flash_cuda::sm80::flash_prefill_kernel<T>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
-  const dim3 grid((c.q_len + T::kBlockM - 1) / T::kBlockM, c.heads, c.batch);
-  const auto launch = [&] {
-    sagellm::flash_cuda::sm80::flash_prefill_kernel<T><<<grid, T::kThreads, T::kSmemBytes>>>(p);
-  };
+  const auto launch = [&] { BENCH_CHECK(launch_fn(p, c.q_len, plan.num_pages, nullptr)); };
   for (int i = 0; i < 3; ++i) launch();
   BENCH_CHECK(cudaGetLastError());
   BENCH_CHECK(cudaDeviceSynchronize());
@@ -256,11 +267,23 @@ void run_variant(const char* name, const Case& c) {
   std::vector<uint16_t> a(qn), b(qn);
   BENCH_CHECK(cudaMemcpy(a.data(), o, qn * 2, cudaMemcpyDeviceToHost));
   BENCH_CHECK(cudaMemcpy(b.data(), o_ref, qn * 2, cudaMemcpyDeviceToHost));
+  const auto bf16_value = [](uint16_t bits) {
+    const uint32_t u = static_cast<uint32_t>(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return static_cast<double>(f);
+  };
+  double max_diff = 0.0;
+  for (size_t i = 0; i < qn; ++i) {
+    const double d = std::fabs(bf16_value(a[i]) - bf16_value(b[i]));
+    max_diff = std::isnan(d) ? INFINITY : std::max(max_diff, d);
+  }
   double f = 4.0 * c.batch * c.heads * static_cast<double>(c.q_len) * c.kv_len * c.head_dim;
   if (c.causal) f *= 0.5;
-  std::printf("variant %-22s D%d N%d %-6s %9.4f ms %7.1f TFLOP/s  %s\n", name, c.head_dim, c.q_len,
-              c.causal ? "causal" : "full", ms[ms.size() / 2], f / ms[ms.size() / 2] * 1e-9,
-              a == b ? "bitwise = library" : "DIFFERS from library");
+  std::printf("variant %-22s D%d N%d %-6s %9.4f ms %7.1f TFLOP/s  %s (max |diff| %.3g)\n", name,
+              c.head_dim, c.q_len, c.causal ? "causal" : "full", ms[ms.size() / 2],
+              f / ms[ms.size() / 2] * 1e-9, a == b ? "bitwise = library" : "differs from library",
+              max_diff);
   std::fflush(stdout);
   for (void* ptr : std::initializer_list<void*>{q, o, o_ref, k, v, table, cu, kv}) {
     BENCH_CHECK(cudaFree(ptr));
@@ -271,20 +294,27 @@ void run_variant(const char* name, const Case& c) {
 
 void run_variants() {
   using sagellm::flash_cuda::sm80::PrefillTraits;
+  namespace sm90 = sagellm::flash_cuda::sm90;
+  const bool hopper = sm90::prefill_available();
+  std::printf("library prefill kernel: %s\n", hopper ? "sm_90a wgmma" : "sm_80 mma.sync");
   for (bool causal : {false, true}) {
-    const Case c{4, 32, 32, 128, 8192, 8192, causal};
-    run_variant<PrefillTraits<128, 64, 1>>("M64 4w x16", c);
-    run_variant<PrefillTraits<128, 128, 1>>("M128 8w x16", c);
-    run_variant<PrefillTraits<128, 128, 2>>("M128 4w x32", c);
-    run_variant<PrefillTraits<128, 256, 2>>("M256 8w x32", c);
+    for (int n : {4096, 8192, 16384}) {
+      const Case c{4, 32, 32, 128, n, n, causal};
+      run_variant("sm80 M128 4w x32", c, launch_sm80<PrefillTraits<128, 128, 2>>);
+      if (!hopper) continue;
+      run_variant("sm90 cp.async gather", c,
+                  sm90::launch_prefill_variant<sm90::PrefillTraits<128, false>>);
+      run_variant("sm90 TMA pages", c,
+                  sm90::launch_prefill_variant<sm90::PrefillTraits<128, true>>);
+    }
   }
   for (bool causal : {false, true}) {
     const Case c{4, 32, 32, 64, 8192, 8192, causal};
-    run_variant<PrefillTraits<64, 64, 1>>("M64 4w x16", c);
-    run_variant<PrefillTraits<64, 128, 1>>("M128 8w x16", c);
-    run_variant<PrefillTraits<64, 128, 2>>("M128 4w x32", c);
-    run_variant<PrefillTraits<64, 256, 2>>("M256 8w x32", c);
-    run_variant<PrefillTraits<64, 256, 1>>("M256 16w x16", c);
+    run_variant("sm80 M128 8w x16", c, launch_sm80<PrefillTraits<64, 128, 1>>);
+    if (!hopper) continue;
+    run_variant("sm90 cp.async gather", c,
+                sm90::launch_prefill_variant<sm90::PrefillTraits<64, false>>);
+    run_variant("sm90 TMA pages", c, sm90::launch_prefill_variant<sm90::PrefillTraits<64, true>>);
   }
 }
 

@@ -41,6 +41,17 @@ for t in "$bin"/test_gpu_*; do
   echo "$name exit $rc"
   [[ $rc -eq 0 ]] || status=1
 done
+# On Hopper the flash prefill runs the sm_90a kernel; the portable sm_80 one (every other GPU) is
+# tested here too.
+if [[ -x $bin/test_gpu_attention ]]; then
+  echo "== test_gpu_attention with SAGELLM_FLASH_PREFILL=sm80"
+  SAGELLM_FLASH_PREFILL=sm80 "$bin/test_gpu_attention" \
+    --gtest_output="json:$out/test_gpu_attention_sm80.json" >"$out/test_gpu_attention_sm80.log" 2>&1
+  rc=$?
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED  \]" "$out/test_gpu_attention_sm80.log" || true
+  echo "test_gpu_attention (sm80 prefill) exit $rc"
+  [[ $rc -eq 0 ]] || status=1
+fi
 # Benchmarks: ours, then the peers on the same shapes in the same run (SAGELLM_SKIP_BENCH=1 skips).
 if [[ "${SAGELLM_SKIP_BENCH:-0}" != "1" && -x $bin/sagellm ]]; then
   # End to end: the engine on the GPU with dummy Llama-3.1-8B weights, and transformers on the

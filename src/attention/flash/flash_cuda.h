@@ -26,7 +26,9 @@
 // - the q rows of the requests contiguous and in order (q_start of request s+1 is q_start + q_len
 //   of request s), as cu_seqlens_q describes them;
 // - q, o, k_pages, v_pages 16-byte aligned, all strides multiples of 8 elements;
-// - a GPU of compute capability 8.0 or newer (sm_80 code, also run on sm_90).
+// - a GPU of compute capability 8.0 or newer. The prefill kernel is the Hopper (sm_90a, wgmma) one
+//   on compute capability 9.0 when the binary holds it, the portable sm_80 one elsewhere; the
+//   split-KV and combine kernels are sm_80 code everywhere (decode is memory-bound).
 #pragma once
 
 #include <cstddef>
@@ -57,7 +59,9 @@ struct FlashPlan {
   int first_q_row = 0;  // q_start of the first request (cu_seqlens_q[0])
 
   bool run_prefill = false;
-  int max_prefill_q_len = 0;  // grid of the prefill kernel
+  int max_prefill_q_len = 0;    // grid of the prefill kernel
+  bool hopper_prefill = false;  // the sm_90a wgmma prefill kernel instead of the sm_80 one
+  int num_pages = 0;            // 1 + the largest page id a prefill-kernel request reads
   bool run_decode = false;
   int max_decode_m_blocks = 0;  // grid of the split kernel: 16-row blocks of the largest request
   int max_splits = 0;           // grid of the split kernel

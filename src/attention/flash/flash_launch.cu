@@ -13,6 +13,7 @@
 #include "attention/batch_layout.h"
 #include "attention/flash/flash_cuda.h"
 #include "attention/flash/flash_launch_sm80.cuh"
+#include "attention/flash/flash_launch_sm90.cuh"
 #include "attention/flash/flash_params.h"
 #include "core/cuda_check.h"
 
@@ -123,12 +124,17 @@ FlashPlan select_flash_kernel(const AttentionShape& shape, const AttentionBatch&
     } else {
       plan.run_prefill = true;
       plan.max_prefill_q_len = std::max(plan.max_prefill_q_len, seq.q_len);
+      const int used = flash_ceil_div(seq.kv_len, page_size);
+      for (int j = 0; j < used; ++j) {
+        plan.num_pages = std::max(plan.num_pages, seq.pages[static_cast<size_t>(j)] + 1);
+      }
     }
   }
   if (static_cast<int64_t>(shape.num_kv_heads) * std::max(plan.max_decode_m_blocks, 1) >
       kMaxGridYZ) {
     return reject(cat(shape.num_kv_heads, " KV heads (too many for the split kernel's grid)"));
   }
+  plan.hopper_prefill = plan.run_prefill && sm90::prefill_available();
   plan.total_q = static_cast<int>(next_row - plan.first_q_row);
   plan.split_slots = slots;
   return plan;
@@ -228,8 +234,12 @@ void flash_attention_cuda(const FlashPlan& plan, const FlashParams& p, CUstream_
   }
   cudaStream_t s = stream;
   if (plan.run_prefill) {
-    check_cuda(plan.head_dim_padded == 64 ? sm80::launch_prefill<64>(p, plan.max_prefill_q_len, s)
-                                          : sm80::launch_prefill<128>(p, plan.max_prefill_q_len, s),
+    const int q = plan.max_prefill_q_len;
+    const bool d64 = plan.head_dim_padded == 64;
+    check_cuda(plan.hopper_prefill
+                   ? (d64 ? sm90::launch_prefill<64>(p, q, plan.num_pages, s)
+                          : sm90::launch_prefill<128>(p, q, plan.num_pages, s))
+                   : (d64 ? sm80::launch_prefill<64>(p, q, s) : sm80::launch_prefill<128>(p, q, s)),
                "flash prefill kernel launch", __FILE__, __LINE__);
   }
   if (plan.run_decode) {

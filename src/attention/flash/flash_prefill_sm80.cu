@@ -1,7 +1,7 @@
 // Instances and launcher of the sm_80 prefill kernel (head dims 64 and 128).
 //
-// Tile shapes, measured on an H200 (B=4, H=32, N=8192, bench/flash_attention_bench --variants;
-// every shape gives bitwise the same output, only the speed differs):
+// Tile shapes, measured on an H200 (B=4, H=32, N=8192, an earlier bench/flash_attention_bench
+// --variants; every shape gives bitwise the same output, only the speed differs):
 //   head_dim 128: 128 rows per CTA, 4 warps of 32 rows: 268 TFLOP/s full, 255 causal
 //     (64 rows / 4 warps of 16: 193 / 191; 128 / 8 warps of 16: 233 / 226; 256 / 8 warps of 32:
 //     287 / 271, but a 256-row CTA wastes most of its work on short extends);
