@@ -41,11 +41,11 @@ for t in "$bin"/test_gpu_*; do
   echo "$name exit $rc"
   [[ $rc -eq 0 ]] || status=1
 done
-# On Hopper the flash prefill runs the sm_90a kernel; the portable sm_80 one (every other GPU) is
+# On Hopper the prefill runs the sm_90a kernels; the portable sm_80 ones (every other GPU) are
 # tested here too.
 if [[ -x $bin/test_gpu_attention ]]; then
-  echo "== test_gpu_attention with SAGELLM_FLASH_PREFILL=sm80"
-  SAGELLM_FLASH_PREFILL=sm80 "$bin/test_gpu_attention" \
+  echo "== test_gpu_attention with SAGELLM_PREFILL_KERNEL=sm80"
+  SAGELLM_PREFILL_KERNEL=sm80 "$bin/test_gpu_attention" \
     --gtest_output="json:$out/test_gpu_attention_sm80.json" >"$out/test_gpu_attention_sm80.log" 2>&1
   rc=$?
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED  \]" "$out/test_gpu_attention_sm80.log" || true

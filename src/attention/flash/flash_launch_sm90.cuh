@@ -4,12 +4,20 @@
 
 #include <cuda_runtime.h>
 
+#include <array>
+#include <atomic>
+
 #include "attention/flash/flash_params.h"
 
 namespace sagellm::flash_cuda::sm90 {
 
-// True when the current GPU is compute capability 9.0 and this binary holds the sm_90a kernels
-// (cached per device). SAGELLM_FLASH_PREFILL=sm80 in the environment makes it false.
+// True when the current GPU is compute capability 9.0 and `kernel` (a __global__ function of an
+// sm_90a kernel) runs as sm_90a machine code there; cached per device in device_state (0 unknown,
+// 1 yes, 2 no). SAGELLM_PREFILL_KERNEL=sm80 in the environment makes it false: the portable
+// kernels then run everywhere.
+bool kernel_runs_here(const void* kernel, std::array<std::atomic<int>, 64>& device_state);
+
+// kernel_runs_here for the flash prefill kernel.
 bool prefill_available();
 
 // grid (ceil(max_q_len / 128), num_heads, num_seqs); blocks of requests on the split kernel exit.

@@ -18,13 +18,10 @@ namespace {
 
 using Default128 = PrefillTraits<128, true>;
 
-// Per device: 0 unknown, 1 runs the Hopper kernel, 2 does not.
-std::array<std::atomic<int>, 64> g_device_state{};
-
 bool portable_forced() {
-  // SAGELLM_FLASH_PREFILL=sm80 keeps the portable kernel on Hopper (A/B measurements).
+  // SAGELLM_PREFILL_KERNEL=sm80 keeps the portable kernels on Hopper (A/B measurements).
   static const bool forced = [] {
-    const char* v = std::getenv("SAGELLM_FLASH_PREFILL");
+    const char* v = std::getenv("SAGELLM_PREFILL_KERNEL");
     return v != nullptr && std::strcmp(v, "sm80") == 0;
   }();
   return forced;
@@ -77,15 +74,15 @@ bool kv_tensor_maps(const FlashParams& p, int num_pages, KvTensorMaps* maps) {
 
 }  // namespace
 
-bool prefill_available() {
+bool kernel_runs_here(const void* kernel, std::array<std::atomic<int>, 64>& device_state) {
   if (portable_forced()) return false;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
   }
-  if (device < 0 || device >= static_cast<int>(g_device_state.size())) return false;
-  std::atomic<int>& state = g_device_state[static_cast<size_t>(device)];
+  if (device < 0 || device >= static_cast<int>(device_state.size())) return false;
+  std::atomic<int>& state = device_state[static_cast<size_t>(device)];
   int known = state.load(std::memory_order_acquire);
   if (known == 0) {
     // The sm_90a machine code exists only for compute capability 9.0, and only when the build
@@ -95,14 +92,19 @@ bool prefill_available() {
     const bool ok =
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
-        major == 9 && minor == 0 &&
-        cudaFuncGetAttributes(&attr, flash_prefill_kernel<Default128>) == cudaSuccess &&
+        major == 9 && minor == 0 && cudaFuncGetAttributes(&attr, kernel) == cudaSuccess &&
         attr.binaryVersion == 90;
     (void)cudaGetLastError();
     known = ok ? 1 : 2;
     state.store(known, std::memory_order_release);
   }
   return known == 1;
+}
+
+bool prefill_available() {
+  static std::array<std::atomic<int>, 64> device_state{};
+  return kernel_runs_here(reinterpret_cast<const void*>(flash_prefill_kernel<Default128>),
+                          device_state);
 }
 
 template <class T>

@@ -258,11 +258,6 @@ struct Consumer {
   }
 };
 
-__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
-  // The swizzle pattern is a function of the address: tiles start on 1024-byte boundaries.
-  return raw + ((1024 - (smem_addr(raw) & 1023)) & 1023);
-}
-
 // Copies the pages holding keys key0 .. key0 + 127 (those below kv_len) of one KV head into a
 // stage with the tensor memory accelerator; returns the bytes they bring.
 template <class T>

@@ -30,6 +30,12 @@ namespace sagellm::flash_cuda::sm90 {
 #define SAGELLM_HAS_WGMMA 0
 #endif
 
+__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
+  // The swizzle patterns are functions of the address: tiles start on 1024-byte boundaries.
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
+  return raw + ((1024 - (addr & 1023)) & 1023);
+}
+
 // Byte offset of 16-byte chunk `chunk` (0 .. cols / 8 - 1) of row `row` in a kRows-row tile.
 template <int kRows>
 __device__ __forceinline__ uint32_t sw128_offset(int row, int chunk) {
@@ -45,6 +51,13 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t addr, uint32_t leading_b
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) |
          (static_cast<uint64_t>((leading_bytes >> 4) & 0x3FFF) << 16) |
          (static_cast<uint64_t>(1024 >> 4) << 32) | (uint64_t{1} << 62);
+}
+
+// Descriptor of a 64-byte-swizzled K-major operand (rows of 64 bytes, 8-row atoms of 512 bytes:
+// address bits 4-5 XOR bits 7-8, the layout of the sm_80 kernels' 64-byte tiles).
+__device__ __forceinline__ uint64_t sw64_desc(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) |
+         (static_cast<uint64_t>(512 >> 4) << 32) | (uint64_t{2} << 62);
 }
 
 __device__ __forceinline__ void wgmma_fence() {

@@ -6,7 +6,9 @@
 //      (every page of a bf16 cache; the bf16 tail page of each request of an 8-bit cache) into a
 //      per-call scratch in the 8-bit block layout;
 //   2. Q quantization: INT8 codes and one scale per 16-token block and head;
-//   3. the prefill kernel (requests with q_len * group > 64 rows) and/or
+//   3. the prefill kernel (requests with q_len * group > 64 rows; on compute capability 9.0 with
+//      fp8 P.V and head dims padded to 128, the warp-specialized sm_90a wgmma kernel of
+//      sage_prefill_sm90.cuh, else the portable sm_80 one) and/or
 //   4. the split-KV kernel (the others: decode, short extends), then
 //   5. the fixed-order combine of the splits.
 // select_sage_kernel is the one place that decides what is supported and which kernels run.
@@ -46,6 +48,9 @@ struct SagePlan {
 
   bool run_prefill = false;
   int max_prefill_q_len = 0;
+  // The sm_90a wgmma prefill kernel (Hopper, fp8 P.V, head dims padded to 128) instead of the
+  // portable one.
+  bool hopper_prefill = false;
   bool run_decode = false;
   int max_decode_m_blocks = 0;
   int max_splits = 0;

@@ -11,6 +11,7 @@
 #include "attention/batch_layout.h"
 #include "attention/sage/sage_cuda.h"
 #include "attention/sage/sage_launch_sm80.cuh"
+#include "attention/sage/sage_launch_sm90.cuh"
 #include "core/cuda_check.h"
 
 namespace sagellm::sage_cuda {
@@ -138,6 +139,8 @@ SagePlan select_sage_kernel(const AttentionShape& shape, const AttentionBatch& b
       kMaxGridYZ) {
     return reject(cat(shape.num_kv_heads, " KV heads (too many for the split kernel's grid)"));
   }
+  plan.hopper_prefill =
+      plan.run_prefill && plan.pv_fp8 && plan.head_dim_padded == 128 && sm90::prefill_available();
   plan.total_q = static_cast<int>(next_row - plan.first_q_row);
   plan.split_slots = slots;
   return plan;
@@ -203,7 +206,9 @@ void sage_attention_cuda(const SagePlan& plan, const SageParams& p, CUstream_st*
   const bool d64 = plan.head_dim_padded == 64;
   if (plan.run_prefill) {
     cudaError_t err;
-    if (plan.pv_fp8) {
+    if (plan.hopper_prefill) {
+      err = sm90::launch_prefill(p, plan.max_prefill_q_len, s);
+    } else if (plan.pv_fp8) {
       err = d64 ? sm80::launch_prefill<64, true>(p, plan.max_prefill_q_len, s)
                 : sm80::launch_prefill<128, true>(p, plan.max_prefill_q_len, s);
     } else {
