@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -210,14 +211,7 @@ class CudaRunner final : public ModelRunner {
   }
   std::vector<float> forward(const ForwardBatch& batch,
                              const ActivationObserver& observer) override {
-    if (threads_) {
-      // A malformed batch or a step the 8-bit cache's tail slots cannot take fails here, once,
-      // before any rank starts: a rank failing on its own would abort the NCCL group for good.
-      (void)plan_forward_rows(batch, config_, page_size(), num_pages());
-      if (kv_cache_dtype() == KVCacheDType::kInt8) {
-        (void)plan_kv_step(batch.attention, page_size(), ranks_[0].cache->tails());
-      }
-    }
+    check_before_ranks(batch);
     std::vector<float> logits;
     on_every_rank([&](int r) {
       CudaRank& rank = ranks_[static_cast<size_t>(r)];
@@ -225,6 +219,23 @@ class CudaRunner final : public ModelRunner {
       if (r == 0) logits = std::move(out);
     });
     return logits;
+  }
+  // The draws run on rank 0's GPU, on the logits it gathered; only the ids are copied back.
+  std::vector<int32_t> forward_sample(const ForwardBatch& batch,
+                                      std::span<const sampling::DrawParams> draws) override {
+    const size_t rows =
+        batch.logits_mode == LogitsMode::kAll ? batch.tokens.size() : batch.attention.seqs.size();
+    SAGELLM_CHECK(draws.size() == rows, "forward_sample: {} draws for {} logits rows", draws.size(),
+                  rows);
+    check_before_ranks(batch);
+    std::vector<int32_t> ids;
+    on_every_rank([&](int r) {
+      CudaRank& rank = ranks_[static_cast<size_t>(r)];
+      std::vector<int32_t> out =
+          rank.model->forward_sample(batch, *rank.cache, *rank.attention, draws);
+      if (r == 0) ids = std::move(out);
+    });
+    return ids;
   }
   size_t cuda_graphs_captured() const override { return ranks_[0].model->cuda_graphs_captured(); }
   bool set_attention_timing(bool on) override {
@@ -263,6 +274,17 @@ class CudaRunner final : public ModelRunner {
 
  private:
   const GpuKVCache& cache0() const { return *ranks_[0].cache; }
+
+  // With several ranks, a malformed batch or a step the 8-bit cache's tail slots cannot take
+  // fails here, once, before any rank starts: a rank failing on its own would abort the NCCL group
+  // for good.
+  void check_before_ranks(const ForwardBatch& batch) {
+    if (!threads_) return;
+    (void)plan_forward_rows(batch, config_, page_size(), num_pages());
+    if (kv_cache_dtype() == KVCacheDType::kInt8) {
+      (void)plan_kv_step(batch.attention, page_size(), ranks_[0].cache->tails());
+    }
+  }
 
   // fn(rank) on every rank at once; a failing rank aborts the NCCL group so that the others do not
   // wait for it in a collective (the runner cannot step again after that).

@@ -32,6 +32,11 @@ int64_t resolve_context_length(const EngineOptions& o, const io::ModelConfig& c)
                               : c.max_position_embeddings;
 }
 
+// The rows of logits a forward step returns.
+size_t logits_rows(const ForwardBatch& batch) {
+  return batch.logits_mode == LogitsMode::kAll ? batch.tokens.size() : batch.attention.seqs.size();
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -90,6 +95,29 @@ KVCacheDType Engine::kv_cache_dtype() const { return runner_->kv_cache_dtype(); 
 
 std::vector<float> Engine::forward(const ForwardBatch& batch, const ActivationObserver& observer) {
   return runner_->forward(batch, observer);
+}
+
+std::vector<int32_t> Engine::forward_sample(const ForwardBatch& batch,
+                                            std::span<const sampling::DrawParams> draws) {
+  return runner_->forward_sample(batch, draws);
+}
+
+std::vector<int32_t> ModelRunner::forward_sample(const ForwardBatch& batch,
+                                                 std::span<const sampling::DrawParams> draws) {
+  const size_t rows = logits_rows(batch);
+  SAGELLM_CHECK(draws.size() == rows, "forward_sample: {} draws for {} logits rows", draws.size(),
+                rows);
+  const std::vector<float> logits = forward(batch, {});
+  const auto vocab = static_cast<size_t>(config().vocab_size);
+  SAGELLM_CHECK(logits.size() == rows * vocab, "forward_sample: {} logits for {} rows of {}",
+                logits.size(), rows, vocab);
+  std::vector<int32_t> ids(rows);
+  SamplingScratch scratch;
+  for (size_t k = 0; k < rows; ++k) {
+    ids[k] = sample_with_uniform(std::span<const float>(logits.data() + k * vocab, vocab), draws[k],
+                                 scratch);
+  }
+  return ids;
 }
 
 void Engine::reserve(Slot& slot, int64_t tokens) {
@@ -221,7 +249,7 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
       const int64_t total = std::min<int64_t>(
           context_length_, static_cast<int64_t>(p.size()) + requests[i].sampling.max_tokens);
       reserve(slots[i], total);
-      std::vector<float> last;
+      int32_t first = -1;
       for (size_t start = 0; start < p.size();
            start += static_cast<size_t>(options_.prefill_chunk)) {
         const int len = static_cast<int>(
@@ -231,11 +259,16 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
                         p.begin() + static_cast<std::ptrdiff_t>(start) + len);
         slots[i].kv_len += len;
         b.attention.seqs.push_back(AttentionSeq{0, len, slots[i].kv_len, slots[i].pages});
-        last = forward(b);
+        // Only the last chunk's token is drawn (earlier chunks take the greedy default, unused).
+        sampling::DrawParams d;
+        if (start + static_cast<size_t>(len) == p.size()) {
+          d = draw_params(samplers[i].params(), samplers[i].next_uniform());
+        }
+        first = forward_sample(b, std::span<const sampling::DrawParams>(&d, 1)).at(0);
       }
       if (stats) stats->prefill_tokens += static_cast<int64_t>(p.size());
-      accept(i,
-             samplers[i].sample(std::span<const float>(last.data(), static_cast<size_t>(vocab))));
+      if (first < 0) fail_no_token(samplers[i].params().temperature, static_cast<size_t>(vocab));
+      accept(i, first);
     }
     if (stats) {
       stats->prefill_seconds += seconds_since(t_prefill);
@@ -256,12 +289,16 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
         members.push_back(i);
       }
       if (members.empty()) break;
-      std::vector<float> logits = forward(b);
+      std::vector<sampling::DrawParams> draws;
+      for (size_t i : members) {
+        draws.push_back(draw_params(samplers[i].params(), samplers[i].next_uniform()));
+      }
+      const std::vector<int32_t> ids = forward_sample(b, draws);
       if (stats) stats->decode_tokens += static_cast<int64_t>(members.size());
       for (size_t k = 0; k < members.size(); ++k) {
-        accept(members[k],
-               samplers[members[k]].sample(std::span<const float>(
-                   logits.data() + k * static_cast<size_t>(vocab), static_cast<size_t>(vocab))));
+        const Sampler& sampler = samplers[members[k]];
+        if (ids[k] < 0) fail_no_token(sampler.params().temperature, static_cast<size_t>(vocab));
+        accept(members[k], ids[k]);
       }
     }
     if (stats) {

@@ -98,6 +98,12 @@ class Engine {
   // ([seqs][vocab] for LogitsMode::kLastPerSeq, [tokens][vocab] for kAll). Throws sagellm::Error
   // on a malformed batch without touching the cache.
   std::vector<float> forward(const ForwardBatch& batch, const ActivationObserver& observer = {});
+  // The same step, returning for each logits row k the token draws[k] picks
+  // (sample_with_uniform's definition; -1 where nothing can be drawn, which the caller turns into
+  // fail_no_token's error) instead of the logits: on the GPU the draw runs on the device and only
+  // the ids are copied back. For a Sampler's draw, pass draw_params(params, next_uniform()).
+  std::vector<int32_t> forward_sample(const ForwardBatch& batch,
+                                      std::span<const sampling::DrawParams> draws);
   // Token ids that end generation: the tokenizer's EOS ids and config.json's eos_token_id.
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
   EngineMemory memory() const;

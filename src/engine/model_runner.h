@@ -6,11 +6,13 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "attention/backend.h"
 #include "io/model_config.h"
+#include "kernels/cuda/sampling_select.h"
 #include "kv_cache/kv_cache.h"
 #include "model/llama.h"
 
@@ -43,6 +45,13 @@ class ModelRunner {
   virtual void release_page(int page) = 0;
   virtual std::vector<float> forward(const ForwardBatch& batch,
                                      const ActivationObserver& observer) = 0;
+  // A forward step that returns, instead of the logits, the token each logits row draws:
+  // draws[k] (the request's filters and the uniform its Sampler drew) applied to row k as
+  // sample_with_uniform does, -1 for a row in which nothing can be drawn. draws has one entry per
+  // logits row (forward's rows). The default runs forward() and samples on the host; the CUDA
+  // runner samples on the device and copies back only the ids.
+  virtual std::vector<int32_t> forward_sample(const ForwardBatch& batch,
+                                              std::span<const sampling::DrawParams> draws);
   virtual EngineMemory memory() const = 0;
   // CUDA graphs captured so far for decode steps (0 on the CPU).
   virtual size_t cuda_graphs_captured() const { return 0; }

@@ -5,9 +5,9 @@
 #include "engine/sampling.h"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "core/error.h"
 
@@ -18,15 +18,11 @@ using Candidate = std::pair<float, int32_t>;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// Rank of a candidate as one integer: a larger key ranks first. The float's bits are mapped to an
-// unsigned order-preserving form, and the id is inverted so the lower id wins ties. This strict
-// total order (ids are unique) is what every filter and the draw use, and comparing one integer
-// keeps the selection loops free of unpredictable branches.
-uint64_t rank_key(const Candidate& c) {
-  const auto bits = std::bit_cast<uint32_t>(c.first);
-  const uint32_t ordered = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
-  return (static_cast<uint64_t>(ordered) << 32) | ~static_cast<uint32_t>(c.second);
-}
+// Rank of a candidate as one integer: a larger key ranks first (sampling::rank_key, the GPU's
+// too: the float's bits in an unsigned order-preserving form above the inverted id, so the lower
+// id wins ties). This strict total order (ids are unique) is what every filter and the draw use,
+// and comparing one integer keeps the selection loops free of unpredictable branches.
+uint64_t rank_key(const Candidate& c) { return sampling::rank_key(c.first, c.second); }
 
 bool ranks_before(const Candidate& a, const Candidate& b) { return rank_key(a) > rank_key(b); }
 
@@ -154,6 +150,111 @@ class Candidates {
   PivotSource pivots_;
 };
 
+// The argmax (lowest id on ties, NaN as -inf), or -1 when every logit is -inf or NaN.
+int32_t argmax_or_none(std::span<const float> logits) {
+  int32_t best = -1;
+  float best_value = -kInf;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const float v = logits[i];
+    if (!(v > -kInf)) continue;  // NaN counts as -inf
+    if (best < 0 || v > best_value) {
+      best = static_cast<int32_t>(i);
+      best_value = v;
+    }
+  }
+  return best;
+}
+
+// One draw at temperature > 0; `uniform()` is called once, only when a token can be drawn, at
+// the moment of the draw. Returns -1 when every logit is -inf or NaN.
+template <typename Uniform>
+int32_t draw(std::span<const float> logits, const sampling::DrawParams& d, Uniform&& uniform,
+             SamplingScratch& scratch) {
+  // Candidates: NaN and -inf can never be drawn. If some logits are +inf, those tokens take all
+  // the mass in equal shares (the limit of the softmax).
+  const size_t vocab = logits.size();
+  bool any_pos_inf = false;
+  float max_logit = -kInf;
+  for (float v : logits) {
+    if (v == kInf) {
+      any_pos_inf = true;
+    } else if (v > max_logit) {
+      max_logit = v;
+    }
+  }
+  std::vector<Candidate>& cands = scratch.candidates;
+  std::vector<double>& weights = scratch.weights;
+  cands.clear();
+  if (any_pos_inf) {
+    max_logit = 0.0f;
+    for (size_t i = 0; i < vocab; ++i) {
+      if (logits[i] == kInf) cands.emplace_back(0.0f, static_cast<int32_t>(i));
+    }
+  } else {
+    if (!(max_logit > -kInf)) return -1;
+    for (size_t i = 0; i < vocab; ++i) {
+      // + 0.0f turns -0 into +0, so both zeros tie and the lower id wins as for any other tie.
+      if (logits[i] > -kInf) cands.emplace_back(logits[i] + 0.0f, static_cast<int32_t>(i));
+    }
+  }
+
+  Candidates cand(cands, weights);
+  size_t m = cands.size();
+  if (d.top_k > 0 && static_cast<size_t>(d.top_k) < m) {
+    m = static_cast<size_t>(d.top_k);
+    cand.select_top(cands.size(), m);
+  }
+
+  // Weights relative to the top token, so the top weight is exactly 1 and min-p compares weights
+  // directly. The division happens in double, so a tiny temperature cannot overflow. Only the
+  // candidates' entries are ever read, so the rest of the weights is left as it is.
+  const double temperature = d.temperature;
+  const double top = max_logit;
+  weights.resize(vocab);
+  for (size_t i = 0; i < m; ++i) {
+    const Candidate& c = cands[i];
+    weights[static_cast<size_t>(c.second)] =
+        std::exp((static_cast<double>(c.first) - top) / temperature);
+  }
+  double total = cand.sum(0, m);
+
+  if (d.top_p < 1.0f) {
+    const size_t last = cand.select_mass(m, static_cast<double>(d.top_p) * total, true);
+    if (last + 1 < m) {
+      m = last + 1;
+      total = cand.sum(0, m);
+    }
+  }
+
+  if (d.min_p > 0.0f) {
+    const double min_p = d.min_p;
+    const size_t kept = cand.keep_front(m, [&](size_t i) { return cand.weight(i) >= min_p; });
+    if (kept < m) {
+      m = kept;
+      total = cand.sum(0, m);
+    }
+  }
+
+  // Inverse-CDF draw over the kept tokens in rank order; exactly one uniform per sample.
+  const size_t chosen = cand.select_mass(m, uniform() * total, false);
+  if (chosen < m) return cands[chosen].second;
+  // Rounding left the running sum just short of the total: take the lowest-ranked token that has
+  // mass, which is where the sequential walk would have stopped.
+  std::optional<size_t> fallback;
+  for (size_t i = 0; i < m; ++i) {
+    if (cand.weight(i) > 0.0 && (!fallback || ranks_before(cands[*fallback], cands[i]))) {
+      fallback = i;
+    }
+  }
+  return cands[fallback.value_or(0)].second;
+}
+
+void check_row(std::span<const float> logits) {
+  SAGELLM_CHECK(!logits.empty(), "sampling: the logits are empty");
+  SAGELLM_CHECK(logits.size() <= static_cast<size_t>(std::numeric_limits<int32_t>::max()),
+                "sampling: {} logits exceed the int32 token id range", logits.size());
+}
+
 }  // namespace
 
 void SamplingParams::validate() const {
@@ -177,19 +278,34 @@ void SamplingParams::validate() const {
 
 int32_t argmax(std::span<const float> logits) {
   SAGELLM_CHECK(!logits.empty(), "argmax: the logits are empty");
-  int32_t best = -1;
-  float best_value = -kInf;
-  for (size_t i = 0; i < logits.size(); ++i) {
-    const float v = logits[i];
-    if (!(v > -kInf)) continue;  // NaN counts as -inf
-    if (best < 0 || v > best_value) {
-      best = static_cast<int32_t>(i);
-      best_value = v;
-    }
-  }
-  SAGELLM_CHECK(best >= 0, "argmax: all {} logits are -inf or NaN; no token can be chosen",
-                logits.size());
+  const int32_t best = argmax_or_none(logits);
+  if (best < 0) fail_no_token(0.0f, logits.size());
   return best;
+}
+
+void fail_no_token(float temperature, size_t vocab) {
+  if (temperature == 0.0f) {
+    fail("argmax: all {} logits are -inf or NaN; no token can be chosen", vocab);
+  }
+  fail("sampling: all {} logits are -inf or NaN; no token can be sampled", vocab);
+}
+
+sampling::DrawParams draw_params(const SamplingParams& p, double u) {
+  sampling::DrawParams d;
+  d.temperature = p.temperature;
+  d.top_k = p.top_k;
+  d.top_p = p.top_p;
+  d.min_p = p.min_p;
+  d.uniform = u;
+  return d;
+}
+
+int32_t sample_with_uniform(std::span<const float> logits, const sampling::DrawParams& d,
+                            SamplingScratch& scratch) {
+  check_row(logits);
+  if (!(d.temperature > 0.0f)) return argmax_or_none(logits);
+  return draw(
+      logits, d, [&] { return d.uniform; }, scratch);
 }
 
 Sampler::Sampler(const SamplingParams& params)
@@ -197,88 +313,15 @@ Sampler::Sampler(const SamplingParams& params)
   params_.validate();
 }
 
+double Sampler::next_uniform() { return params_.temperature > 0.0f ? uniform01(rng_) : 0.0; }
+
 int32_t Sampler::sample(std::span<const float> logits) {
-  SAGELLM_CHECK(!logits.empty(), "sampling: the logits are empty");
-  SAGELLM_CHECK(logits.size() <= static_cast<size_t>(std::numeric_limits<int32_t>::max()),
-                "sampling: {} logits exceed the int32 token id range", logits.size());
+  check_row(logits);
   if (params_.temperature == 0.0f) return argmax(logits);
-
-  // Candidates: NaN and -inf can never be drawn. If some logits are +inf, those tokens take all
-  // the mass in equal shares (the limit of the softmax).
-  const size_t vocab = logits.size();
-  bool any_pos_inf = false;
-  float max_logit = -kInf;
-  for (float v : logits) {
-    if (v == kInf) {
-      any_pos_inf = true;
-    } else if (v > max_logit) {
-      max_logit = v;
-    }
-  }
-  scratch_.clear();
-  if (any_pos_inf) {
-    max_logit = 0.0f;
-    for (size_t i = 0; i < vocab; ++i) {
-      if (logits[i] == kInf) scratch_.emplace_back(0.0f, static_cast<int32_t>(i));
-    }
-  } else {
-    SAGELLM_CHECK(max_logit > -kInf,
-                  "sampling: all {} logits are -inf or NaN; no token can be sampled", vocab);
-    for (size_t i = 0; i < vocab; ++i) {
-      // + 0.0f turns -0 into +0, so both zeros tie and the lower id wins as for any other tie.
-      if (logits[i] > -kInf) scratch_.emplace_back(logits[i] + 0.0f, static_cast<int32_t>(i));
-    }
-  }
-
-  Candidates cand(scratch_, weights_);
-  size_t m = scratch_.size();
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < m) {
-    m = static_cast<size_t>(params_.top_k);
-    cand.select_top(scratch_.size(), m);
-  }
-
-  // Weights relative to the top token, so the top weight is exactly 1 and min-p compares weights
-  // directly. The division happens in double, so a tiny temperature cannot overflow. Only the
-  // candidates' entries are ever read, so the rest of weights_ is left as it is.
-  const double temperature = params_.temperature;
-  const double top = max_logit;
-  weights_.resize(vocab);
-  for (size_t i = 0; i < m; ++i) {
-    const Candidate& c = scratch_[i];
-    weights_[static_cast<size_t>(c.second)] =
-        std::exp((static_cast<double>(c.first) - top) / temperature);
-  }
-  double total = cand.sum(0, m);
-
-  if (params_.top_p < 1.0f) {
-    const size_t last = cand.select_mass(m, static_cast<double>(params_.top_p) * total, true);
-    if (last + 1 < m) {
-      m = last + 1;
-      total = cand.sum(0, m);
-    }
-  }
-
-  if (params_.min_p > 0.0f) {
-    const double min_p = params_.min_p;
-    const size_t kept = cand.keep_front(m, [&](size_t i) { return cand.weight(i) >= min_p; });
-    if (kept < m) {
-      m = kept;
-      total = cand.sum(0, m);
-    }
-  }
-
-  // Inverse-CDF draw over the kept tokens in rank order; exactly one generator call per sample.
-  const size_t chosen = cand.select_mass(m, uniform01(rng_) * total, false);
-  if (chosen < m) return scratch_[chosen].second;
-  // Rounding left the running sum just short of the total: take the lowest-ranked token that has
-  // mass, which is where the sequential walk would have stopped.
-  std::optional<size_t> fallback;
-  for (size_t i = 0; i < m; ++i) {
-    if (cand.weight(i) > 0.0 && (!fallback || ranks_before(scratch_[*fallback], scratch_[i]))) {
-      fallback = i;
-    }
-  }
-  return scratch_[fallback.value_or(0)].second;
+  const int32_t id = draw(
+      logits, draw_params(params_, 0.0), [&] { return uniform01(rng_); }, scratch_);
+  if (id < 0) fail_no_token(params_.temperature, logits.size());
+  return id;
 }
 
 StopStringMatcher::StopStringMatcher(std::vector<std::string> stops) {

@@ -399,9 +399,33 @@ bool Scheduler::step() {
     const auto from = r->tokens.begin() + r->kv_len;
     batch.tokens.insert(batch.tokens.end(), from, from + len);
   }
+  // Requests whose prompt this step completes, and decoding ones, draw a token. Unless one of them
+  // wants log-probabilities (which need its logits row), the draws run where the logits are (on
+  // the GPU, on the device) and only the ids come back. Either way the uniform comes from the
+  // request's own Sampler, so a seed gives the same tokens on every device.
+  std::vector<bool> draws_token(plan.size());
+  bool want_logits = false;
+  for (size_t k = 0; k < plan.size(); ++k) {
+    const Request& r = *plan[k].first;
+    draws_token[k] = plan[k].second == r.remaining();
+    want_logits = want_logits || (draws_token[k] && r.spec.top_logprobs >= 0);
+  }
   std::vector<float> logits;
+  std::vector<int32_t> ids;
   try {
-    logits = engine_.forward(batch);
+    if (want_logits) {
+      logits = engine_.forward(batch);
+    } else {
+      // Rows that draw nothing (a prefill chunk before the prompt's last) take the greedy default;
+      // their ids are not used.
+      std::vector<sampling::DrawParams> draws(plan.size());
+      for (size_t k = 0; k < plan.size(); ++k) {
+        if (!draws_token[k]) continue;
+        Sampler& sampler = plan[k].first->sampler;
+        draws[k] = draw_params(sampler.params(), sampler.next_uniform());
+      }
+      ids = engine_.forward_sample(batch, draws);
+    }
   } catch (const std::exception& e) {
     spdlog::error("scheduler: forward step failed: {}", e.what());
     for (const auto& [r, len] : plan) {
@@ -422,9 +446,14 @@ bool Scheduler::step() {
     r.kv_len += plan[k].second;
     if (prefix_cache_) cache_full_pages(r);
     if (r.remaining() != 0) continue;  // a prefill chunk that is not the prompt's last
-    const std::span<const float> row(logits.data() + k * vocab, vocab);
     try {
-      accept(r, r.sampler.sample(row), row.data());
+      if (want_logits) {
+        const std::span<const float> row(logits.data() + k * vocab, vocab);
+        accept(r, r.sampler.sample(row), row.data());
+      } else {
+        if (ids[k] < 0) fail_no_token(r.sampler.params().temperature, vocab);
+        accept(r, ids[k], nullptr);
+      }
     } catch (const std::exception& e) {
       RequestOutput out;
       out.finish_reason = "error";

@@ -92,6 +92,7 @@ class Scheduler {
   void release_pages(Request& r);
   void preempt(Request& r);
   void finish(Request& r, const char* reason, RequestOutput out);
+  // `logits` (the row the token was drawn from) is read only when the request wants logprobs.
   void accept(Request& r, int32_t token, const float* logits);
   void cache_full_pages(Request& r);
   void publish_stats();

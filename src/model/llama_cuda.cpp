@@ -165,6 +165,22 @@ void LlamaCudaModel::clear_graphs() {
 std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache& cache,
                                            CudaAttention& attention,
                                            const ActivationObserver& observer) {
+  std::vector<float> logits;
+  step(batch, cache, attention, observer, &logits, {}, nullptr);
+  return logits;
+}
+
+std::vector<int32_t> LlamaCudaModel::forward_sample(const ForwardBatch& batch, GpuKVCache& cache,
+                                                    CudaAttention& attention,
+                                                    std::span<const sampling::DrawParams> draws) {
+  std::vector<int32_t> ids;
+  step(batch, cache, attention, {}, nullptr, draws, &ids);
+  return ids;
+}
+
+void LlamaCudaModel::step(const ForwardBatch& batch, GpuKVCache& cache, CudaAttention& attention,
+                          const ActivationObserver& observer, std::vector<float>* logits,
+                          std::span<const sampling::DrawParams> draws, std::vector<int32_t>* ids) {
   const io::ModelConfig& c = config_;
   const int rows = static_cast<int>(batch.tokens.size());
   const int vocab = c.vocab_size;
@@ -176,12 +192,32 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
                 "activations can be observed with --tp-size 1 only (a rank holds only its heads)");
   const ForwardRows fr = plan_forward_rows(batch, c, ks.page_size, ks.num_pages);
   const int n_out = static_cast<int>(fr.logits_rows.size());
+  const bool sample = ids != nullptr;
+  SAGELLM_CHECK(!sample || draws.size() == static_cast<size_t>(n_out),
+                "forward_sample: {} draws for {} logits rows", draws.size(), n_out);
   const bool logits_out = shard_.rank == 0;
-  std::vector<float> logits(logits_out ? static_cast<size_t>(n_out) * static_cast<size_t>(vocab)
-                                       : 0);
-  if (rows == 0) return logits;
+  if (sample) {
+    ids->assign(logits_out ? static_cast<size_t>(n_out) : 0, -1);
+  } else {
+    logits->assign(logits_out ? static_cast<size_t>(n_out) * static_cast<size_t>(vocab) : 0, 0.0f);
+  }
+  if (rows == 0) return;
   const cudaStream_t s = stream_.get();
   ensure_rows(rows);
+  if (sample && logits_out) {
+    ensure_capacity(draw_params_, static_cast<size_t>(n_out));
+    ensure_capacity(draw_ids_, static_cast<size_t>(n_out));
+    draw_params_.upload_async(draws, s);
+  }
+  // What leaves the device of logits rows [r0, r0 + m), as enqueue_lm_head left them.
+  auto emit = [&](int r0, int m) {
+    if (!logits_out) return;
+    if (sample) {
+      enqueue_sample(r0, m);
+    } else {
+      download_logits(logits->data() + static_cast<size_t>(r0) * vocab, m);
+    }
+  };
   const bool int8 = cache.dtype() == KVCacheDType::kInt8;
   KVStepWrites kv_step;
   if (int8) kv_step = plan_kv_step(batch.attention, ks.page_size, cache.tails());
@@ -270,9 +306,10 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
       seen_.insert(key);
       enqueue_step(cache, attention, rows, n_out, seal_grid, observer);
     }
-    if (logits_out) download_logits(logits.data(), n_out);
+    emit(0, n_out);
+    if (sample && logits_out) draw_ids_.download_async(*ids, s);
     stream_.synchronize();
-    return logits;
+    return;
   }
 
   const size_t num_events = 2 * static_cast<size_t>(c.num_layers);
@@ -290,8 +327,9 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
     const int m = std::min(kLogitsChunkRows, n_out - r0);
     // The first chunk was computed by enqueue_step.
     if (r0 > 0) enqueue_lm_head(normed + static_cast<int64_t>(r0) * c.hidden_size, m);
-    if (logits_out) download_logits(logits.data() + static_cast<size_t>(r0) * vocab, m);
+    emit(r0, m);
   }
+  if (sample && logits_out) draw_ids_.download_async(*ids, s);
   stream_.synchronize();
   if (time_attention_) {
     for (size_t li = 0; li < num_events / 2; ++li) {
@@ -301,7 +339,6 @@ std::vector<float> LlamaCudaModel::forward(const ForwardBatch& batch, GpuKVCache
       attention_seconds_ += ms * 1e-3;
     }
   }
-  return logits;
 }
 
 void LlamaCudaModel::enqueue_lm_head(const void* normed, int m) {
@@ -332,6 +369,25 @@ void LlamaCudaModel::download_logits(float* out, int m) {
         out + begin, sizeof(float) * vocab, gathered_.data() + static_cast<size_t>(k) * m * part,
         sizeof(float) * part, sizeof(float) * valid, m, cudaMemcpyDeviceToHost, s));
   }
+}
+
+void LlamaCudaModel::enqueue_sample(int r0, int m) {
+  const int part = shard_.vocab_rows;
+  gpu::SampleRowsParams p;
+  p.rows = m;
+  p.vocab = config_.vocab_size;
+  p.row_stride = part;
+  if (group_ == nullptr) {
+    p.logits = logits_.data();
+  } else {
+    // Rank k's slice of row t is at gathered_ + (k * m + t) * part (as download_logits reads it).
+    p.logits = gathered_.data();
+    p.segment = part;
+    p.segment_stride = static_cast<int64_t>(m) * part;
+  }
+  p.params = draw_params_.data() + r0;
+  p.ids = draw_ids_.data() + r0;
+  gpu::sample_rows(p, stream_.get());
 }
 
 void LlamaCudaModel::all_reduce(DeviceBuffer<uint16_t>& buf, int rows) {

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <span>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "core/device_buffer.h"
 #include "io/model_config.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/sampling_select.h"
 #include "kv_cache/kv_cache_cuda.h"
 #include "model/llama.h"
 #include "model/weight_source.h"
@@ -85,6 +87,13 @@ class LlamaCudaModel {
   // other new rows into the bf16 tail pool (kv_cache_step.h plans both).
   std::vector<float> forward(const ForwardBatch& batch, GpuKVCache& cache, CudaAttention& attention,
                              const ActivationObserver& observer = {});
+  // The same step, but each logits row k is sampled on the device under draws[k]
+  // (gpu::sample_rows: the CPU sampler's definition, -1 where nothing can be drawn) and only the
+  // ids are copied back ([seqs] or [tokens] as forward's rows; none on ranks other than 0). Throws
+  // before touching the cache when draws does not have one entry per logits row.
+  std::vector<int32_t> forward_sample(const ForwardBatch& batch, GpuKVCache& cache,
+                                      CudaAttention& attention,
+                                      std::span<const sampling::DrawParams> draws);
 
   static constexpr int kMaxGraphBatch = 256;
   void set_cuda_graphs(bool on) { use_graphs_ = on; }
@@ -101,6 +110,11 @@ class LlamaCudaModel {
   struct Layer {
     DeviceBuffer<uint16_t> input_norm, qkv, o, post_norm, gate_up, down;  // bf16 bits
   };
+  // forward and forward_sample: with `ids` null, logits rows go to `logits`; otherwise they are
+  // sampled under `draws` into `ids`.
+  void step(const ForwardBatch& batch, GpuKVCache& cache, CudaAttention& attention,
+            const ActivationObserver& observer, std::vector<float>* logits,
+            std::span<const sampling::DrawParams> draws, std::vector<int32_t>* ids);
   void ensure_rows(int rows);
   // Enqueues embedding .. lm_head for `rows` tokens whose metadata is in meta_; the first
   // min(n_out, kLogitsChunkRows) logits rows land in logits_. `seal_grid`: blocks of each layer's
@@ -112,6 +126,9 @@ class LlamaCudaModel {
   void enqueue_lm_head(const void* normed, int m);
   // Copies `m` rows of logits, as enqueue_lm_head left them, to `out` ([m][vocab]).
   void download_logits(float* out, int m);
+  // Samples `m` rows of logits, as enqueue_lm_head left them, under draw_params_[r0, r0 + m) into
+  // draw_ids_[r0, r0 + m).
+  void enqueue_sample(int r0, int m);
   // The sum over the ranks of a row-parallel product (nothing without a group).
   void all_reduce(DeviceBuffer<uint16_t>& buf, int rows);
 
@@ -134,8 +151,10 @@ class LlamaCudaModel {
   // Per-step buffers, sized for `rows_` tokens.
   int rows_ = 0;
   DeviceBuffer<uint16_t> resid_, delta_, xn_, qkv_, att_, gate_up_, act_, sel_;
-  DeviceBuffer<float> logits_;    // [chunk][shard vocab rows]
-  DeviceBuffer<float> gathered_;  // sharded: [ranks][chunk][shard vocab rows]
+  DeviceBuffer<float> logits_;                      // [chunk][shard vocab rows]
+  DeviceBuffer<float> gathered_;                    // sharded: [ranks][chunk][shard vocab rows]
+  DeviceBuffer<sampling::DrawParams> draw_params_;  // forward_sample: [logits rows]
+  DeviceBuffer<int32_t> draw_ids_;                  // forward_sample: [logits rows]
   // ids, positions, pages, slots, logits rows, tail slots [rows each], the live seal-job count,
   // seal jobs [rows] (an 8-bit cache seals at most one page per new row).
   DeviceBuffer<int32_t> meta_;

@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <span>
 
+#include "kernels/cuda/sampling_select.h"
+
 namespace sagellm::gpu {
 
 using bf16 = __nv_bfloat16;
@@ -132,5 +134,30 @@ void f32_to_bf16(const float* in, bf16* out, int64_t n, cudaStream_t stream);
 // null) receives the winning logits.
 void argmax_rows(const float* logits, int rows, int vocab, int64_t row_stride, int32_t* ids,
                  float* values, cudaStream_t stream);
+
+// ---- Sampling -----------------------------------------------------------------------------
+
+// ids[t] = the token the CPU sampler (sagellm::sample_with_uniform) draws from row t under
+// params[t] (temperature, top-k, top-p, min-p and the uniform; sampling_select.h), or -1 when no
+// logit of the row can be drawn (all -inf or NaN). Temperature-0 rows take the argmax (lowest id on
+// ties). The token equals the CPU's except when the uniform lands within ~1e-12 of the total of a
+// boundary between two tokens (sampling_select.h says why), and depends only on the row and its
+// parameters: the same inputs give the same ids on every run, in any batch.
+//
+// Row t, column j is at logits + t * row_stride + (j / segment) * segment_stride + j % segment:
+// segment 0 (or >= vocab) is the usual dense [rows][row_stride] layout; a smaller segment reads
+// logits gathered from tensor-parallel ranks as [rank][rows][segment] (row_stride = segment,
+// segment_stride = rows * segment) without copying them into rows first.
+struct SampleRowsParams {
+  const float* logits = nullptr;
+  int rows = 0;
+  int vocab = 0;               // in [1, 2^24]
+  int64_t row_stride = 0;      // elements; 0 means vocab (dense) or segment
+  int segment = 0;             // columns per segment; 0 means vocab
+  int64_t segment_stride = 0;  // elements between segments; at least rows * row_stride
+  const sampling::DrawParams* params = nullptr;  // [rows]
+  int32_t* ids = nullptr;                        // [rows]
+};
+void sample_rows(const SampleRowsParams& p, cudaStream_t stream);
 
 }  // namespace sagellm::gpu
