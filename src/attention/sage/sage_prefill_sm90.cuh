@@ -12,8 +12,11 @@
 // Per page and warpgroup:
 //   S = Q8 K8^T (wgmma m64n64k32 s8, int32), dequantized with q_scale * k_scale plus q'.k_mean;
 //   one running-max update, P = exp2(S - m), rounded to FP8 (x448) in registers;
-//   partial = P V (wgmma m64n128k32 e4m3, a fresh fp32 accumulator), then
+//   partial = P V (wgmma m64n136k32 e4m3, a fresh fp32 accumulator), then
 //   acc = acc * alpha + partial * v_scale (the two-level accumulation of the specification).
+// The product's 8 extra columns multiply P by a row of ones kept under each stage's V tile: they
+// give the page's row sums of the FP8 P values, which the softmax would otherwise convert back
+// from FP8 and add up itself (the sums of at most 64 such values are exact in fp32).
 // The consumers take turns at the tensor cores (two named barriers): one issues S_n together with
 // P_{n-1} V_{n-1} while the other dequantizes and exponentiates.
 #pragma once
@@ -61,16 +64,19 @@ struct PrefillTraits {
   static constexpr bool kSplit = false;  // for sage_block
   static constexpr int kRows = kSagePrefillBlockM;
   static constexpr int kConsumerThreads = 256;
-  static constexpr int kThreads = kConsumerThreads + 128;
+  static constexpr int kProducerThreads = 128;
+  static constexpr int kThreads = kConsumerThreads + kProducerThreads;
   static constexpr int kStages = 6;  // pages are small: a deep ring hides the copies' latency
-  static constexpr int kProducerRegs = 56;
-  static constexpr int kConsumerRegs = 224;
+  // Registers per thread after the hand-over (128 * 40 + 256 * 232 <= 64K).
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = 232;
   static constexpr int kNT = kSagePageSize / 8;  // 8-key column tiles of S
   static constexpr int kDT = kDp / 8;            // 8-column tiles of O
   static constexpr int kKBytes = kSagePageSize * kDp;
-  static constexpr int kVBytes = kSagePageSize * kDp;
+  static constexpr int kVRows = kDp + 8;  // V's channels, then the ones row and 7 zero rows
+  static constexpr int kVBytes = kSagePageSize * kVRows;
   static constexpr int kMetaBytes = 6 * kDp + 16;
-  // K at 0 and V at kKBytes (both on 1024-byte boundaries, as the swizzles need), then the meta.
+  // K at 0 and V at kKBytes (on 1024- and 512-byte boundaries, as the swizzles need), then meta.
   static constexpr int kStageBytes = (kKBytes + kVBytes + kMetaBytes + 1023) / 1024 * 1024;
   static constexpr int kQ8Bytes = kRows * kDp;
   static constexpr int kQhBytes = kRows * kDp * 2;
@@ -80,8 +86,8 @@ struct PrefillTraits {
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA");
 };
 
-// One page of one KV head (pool or on-the-fly scratch block) into a stage, by the producer's 128
-// threads.
+// One page of one KV head (pool or on-the-fly scratch block) into a stage, by the producer
+// warpgroup.
 template <class T>
 __device__ __forceinline__ void load_page(const SageParams& p, int32_t entry, int kv_head,
                                           uint32_t stage, int ptid) {
@@ -92,18 +98,18 @@ __device__ __forceinline__ void load_page(const SageParams& p, int32_t entry, in
                                         static_cast<int64_t>(kv_head) * p.scratch_head_stride;
   constexpr int kKC = T::kDp / 16;  // 16-byte chunks per K row
 #pragma unroll
-  for (int c = ptid; c < kSagePageSize * kKC; c += 128) {
+  for (int c = ptid; c < kSagePageSize * kKC; c += T::kProducerThreads) {
     const int r = c / kKC, ch = c % kKC;
     cp_async_16(stage + swz<T::kDp>(r, ch), blk + r * T::kDp + ch * 16, true);
   }
   const uint8_t* vsrc = blk + sage_v_codes_offset(T::kDp);
 #pragma unroll
-  for (int c = ptid; c < T::kDp * 4; c += 128) {
+  for (int c = ptid; c < T::kDp * 4; c += T::kProducerThreads) {
     const int r = c / 4, ch = c % 4;
     cp_async_16(stage + T::kKBytes + swz<64>(r, ch), vsrc + r * 64 + ch * 16, true);
   }
   const uint8_t* msrc = blk + sage_k_mean_offset(T::kDp);
-  for (int c = ptid; c < T::kMetaBytes / 16; c += 128) {
+  for (int c = ptid; c < T::kMetaBytes / 16; c += T::kProducerThreads) {
     cp_async_16(stage + T::kKBytes + T::kVBytes + c * 16, msrc + c * 16, true);
   }
 }
@@ -140,8 +146,8 @@ __device__ __forceinline__ void load_q(const SageParams& p, const sm80::SageBloc
 // Registers of one consumer thread (rows g and g + 8 of its warp's 16).
 template <class T>
 struct Consumer {
-  int si[T::kNT][4];      // Q8 K8^T of the current page
-  float part[T::kDT][4];  // P V of the previous page
+  int si[T::kNT][4];          // Q8 K8^T of the current page
+  float part[T::kDT + 1][4];  // P V of the previous page; column tile kDT: its row sums
   float acc[T::kDT][4];
   uint32_t pa[2][4];  // FP8 P of the previous page: A fragments of its two k32 steps
   float m[2], l[2], alpha[2];
@@ -150,17 +156,16 @@ struct Consumer {
 #pragma unroll
     for (int j = 0; j < T::kNT; ++j) si[j][0] = si[j][1] = si[j][2] = si[j][3] = 0;
 #pragma unroll
-    for (int j = 0; j < T::kDT; ++j) {
-      acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-      part[j][0] = part[j][1] = part[j][2] = part[j][3] = 0.0f;
-    }
+    for (int j = 0; j < T::kDT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+#pragma unroll
+    for (int j = 0; j <= T::kDT; ++j) part[j][0] = part[j][1] = part[j][2] = part[j][3] = 0.0f;
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.0f;
     alpha[0] = alpha[1] = 1.0f;
   }
 
-  // Scores of the page in `meta` (its mean, V scales, K scale), the running max, P in FP8 (into
-  // pa) and the row sums, as the sm_80 kernel's page_step.
+  // Scores of the page in `meta` (its mean, V scales, K scale), the running max and P in FP8
+  // (into pa), as the sm_80 kernel's page_step; the row sums come with the product (fold).
   __device__ __forceinline__ void softmax(const SageParams& p, const unsigned char* meta,
                                           const unsigned char* qh_rows, float qs0, float qs1,
                                           int key0, int lim0, int lim1, bool masked, int lane) {
@@ -216,7 +221,6 @@ struct Consumer {
     alpha[1] = fast_exp2(m[1] - ref1);
     m[0] = new0;
     m[1] = new1;
-    float rs0 = 0.0f, rs1 = 0.0f;
 #pragma unroll
     for (int kc = 0; kc < 2; ++kc) {
 #pragma unroll
@@ -232,22 +236,32 @@ struct Consumer {
                                               fast_exp2(s[j1][3] - ref1) * 448.0f);
         pa[kc][2 * half] = r0lo | (r0hi << 16);
         pa[kc][2 * half + 1] = r1lo | (r1hi << 16);
-        const float2 a = f16x2_to_float2(e4m3x2_to_f16x2(r0lo));
-        const float2 bq = f16x2_to_float2(e4m3x2_to_f16x2(r0hi));
-        const float2 c = f16x2_to_float2(e4m3x2_to_f16x2(r1lo));
-        const float2 d = f16x2_to_float2(e4m3x2_to_f16x2(r1hi));
-        rs0 += (a.x + a.y) + (bq.x + bq.y);
-        rs1 += (c.x + c.y) + (d.x + d.y);
       }
     }
-    l[0] = l[0] * alpha[0] + rs0;
-    l[1] = l[1] * alpha[1] + rs1;
   }
 
-  // acc = acc * alpha + partial * v_scale, with the previous page's alpha and V scales.
+  // acc = acc * alpha + partial * v_scale and l = l * alpha + (row sum), with the previous page's
+  // alpha and V scales. The row sums sit in column 128 of the product, held by the quad's thread
+  // t = 0 (the others hold the zero columns 129..135), so l stays a per-thread partial sum that
+  // the quad adds up at the end. alpha is exactly 1 whenever the max did not move: the multiply
+  // is then skipped, which changes no bit.
   __device__ __forceinline__ void fold(const unsigned char* meta, int lane) {
     const int t = lane & 3;
     const bf16* vscale = reinterpret_cast<const bf16*>(meta + 4 * T::kDp);
+    l[0] = fmaf(l[0], alpha[0], part[T::kDT][0]);
+    l[1] = fmaf(l[1], alpha[1], part[T::kDT][2]);
+    if (__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
+#pragma unroll
+      for (int dt = 0; dt < T::kDT; ++dt) {
+        const float2 f =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vscale + dt * 8 + 2 * t));
+        acc[dt][0] = fmaf(part[dt][0], f.x, acc[dt][0]);
+        acc[dt][1] = fmaf(part[dt][1], f.y, acc[dt][1]);
+        acc[dt][2] = fmaf(part[dt][2], f.x, acc[dt][2]);
+        acc[dt][3] = fmaf(part[dt][3], f.y, acc[dt][3]);
+      }
+      return;
+    }
 #pragma unroll
     for (int dt = 0; dt < T::kDT; ++dt) {
       const float2 f =
@@ -269,10 +283,10 @@ __device__ __forceinline__ void issue_qk(int (&si)[T::kNT][4], uint32_t q_wg, ui
 }
 
 template <class T>
-__device__ __forceinline__ void issue_pv(float (&part)[T::kDT][4], const uint32_t (&pa)[2][4],
+__device__ __forceinline__ void issue_pv(float (&part)[T::kDT + 1][4], const uint32_t (&pa)[2][4],
                                          uint32_t sv) {
 #pragma unroll
-  for (int kc = 0; kc < 2; ++kc) wgmma_e4m3_n128(part, pa[kc], sw64_desc(sv + kc * 32), kc > 0);
+  for (int kc = 0; kc < 2; ++kc) wgmma_e4m3_n136(part, pa[kc], sw64_desc(sv + kc * 32), kc > 0);
 }
 
 template <class T>
@@ -294,10 +308,21 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
   const auto empty = [&](int st) { return sq8 + T::kSmemBarriers + (kS + st) * 8; };
   if (tid == 0) {
     for (int i = 0; i < kS; ++i) {
-      mbarrier_init(full(i), 128);
+      mbarrier_init(full(i), T::kProducerThreads);
       mbarrier_init(empty(i), T::kConsumerThreads);
     }
   }
+  // Rows kDp .. kDp + 7 under every stage's V tile: FP8 ones, then zeros (the producer copies only
+  // rows below kDp). A row of 64 equal bytes reads the same through any swizzle.
+  for (int c = tid; c < kS * 8 * 4; c += T::kThreads) {
+    const int st = c / 32, r = T::kDp + (c / 4) % 8, ch = c % 4;
+    const uint32_t v = r == T::kDp ? 0x38383838u : 0u;  // 0x38: 1.0 in e4m3
+    asm volatile(
+        "st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(stage(st) + T::kKBytes + swz<64>(r, ch)),
+        "r"(v)
+        : "memory");
+  }
+  fence_proxy_async_smem();
   __syncthreads();
   const int n_pages = b.page_end - b.page_begin;
   const int32_t* block_row = p.block_table + static_cast<int64_t>(b.seq) * p.block_table_stride;
@@ -380,7 +405,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
       named_arrive(other_turn, T::kConsumerThreads);
       wgmma_wait<0>();
       wgmma_keep_int<T::kNT>(c.si);
-      wgmma_keep<T::kDT>(c.part);
+      wgmma_keep<T::kDT + 1>(c.part);
       c.fold(meta(prev), lane);
       mbarrier_arrive(empty(prev));  // page i - 1 is no longer read
       softmax(i);
@@ -392,7 +417,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
     wgmma_commit();
     if (wg == 0) named_arrive(other_turn, T::kConsumerThreads);
     wgmma_wait<0>();
-    wgmma_keep<T::kDT>(c.part);
+    wgmma_keep<T::kDT + 1>(c.part);
     c.fold(meta(last), lane);
   }
 

@@ -34,22 +34,23 @@ __device__ __forceinline__ void wgmma_s8_n64(int (&d)[8][4], uint64_t desc_a, ui
 
 #define SAGELLM_ACC4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
 
-// d (64 x 128, fp32) = (accumulate ? d : 0) + A (64 x 32, e4m3 fragments in registers) *
-// B (32 x 128, e4m3 in shared memory).
-__device__ __forceinline__ void wgmma_e4m3_n128(float (&d)[16][4], const uint32_t (&a)[4],
+// d (64 x 136, fp32) = (accumulate ? d : 0) + A (64 x 32, e4m3 fragments in registers) *
+// B (32 x 136, e4m3 in shared memory): the 128 channels of V and 8 more columns (V's row sums).
+__device__ __forceinline__ void wgmma_e4m3_n136(float (&d)[17][4], const uint32_t (&a)[4],
                                                 uint64_t desc_b, bool accumulate) {
 #if SAGELLM_HAS_WGMMA
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, "
-      "%26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "
-      "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
-      "%62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %73, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
+      "%9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, "
+      "%27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, "
+      "%45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, "
+      "%63, %64, %65, %66, %67}, "
+      "{%68, %69, %70, %71}, %72, p, 1, 1;\n}\n"
       : SAGELLM_ACC4(0), SAGELLM_ACC4(1), SAGELLM_ACC4(2), SAGELLM_ACC4(3), SAGELLM_ACC4(4),
         SAGELLM_ACC4(5), SAGELLM_ACC4(6), SAGELLM_ACC4(7), SAGELLM_ACC4(8), SAGELLM_ACC4(9),
         SAGELLM_ACC4(10), SAGELLM_ACC4(11), SAGELLM_ACC4(12), SAGELLM_ACC4(13), SAGELLM_ACC4(14),
-        SAGELLM_ACC4(15)
+        SAGELLM_ACC4(15), SAGELLM_ACC4(16)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(static_cast<int>(accumulate)));
 #else
   (void)d, (void)a, (void)desc_b, (void)accumulate;
