@@ -290,6 +290,7 @@ std::vector<GenerationResult> Engine::generate(const std::vector<GenerationReque
       }
       if (members.empty()) break;
       std::vector<sampling::DrawParams> draws;
+      draws.reserve(members.size());
       for (size_t i : members) {
         draws.push_back(draw_params(samplers[i].params(), samplers[i].next_uniform()));
       }
