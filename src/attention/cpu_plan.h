@@ -16,11 +16,11 @@
 
 namespace sagellm::attention_cpu {
 
-// The block of rows that shares one Q scale in sage_attn (16 rows of one head).
-inline constexpr int kQueryBlockRows = 16;
-// New tokens per work item: several Q blocks, so that each page's K and V are prepared once for
-// many rows.
-inline constexpr int kItemTokens = 4 * kQueryBlockRows;
+// The block of rows that shares one Q scale in sage_attn: one row (each new token of each head has
+// its own scale; sage_numerics.h says why).
+inline constexpr int kQueryBlockRows = 1;
+// New tokens per work item: many rows, so that each page's K and V are prepared once for all.
+inline constexpr int kItemTokens = 64;
 
 struct WorkItem {
   int seq = 0;      // index into batch.seqs

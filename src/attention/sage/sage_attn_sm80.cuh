@@ -3,8 +3,8 @@
 //
 // One kernel template serves both phases. A CTA holds kWarps x 16 query rows of one KV head; every
 // warp owns 16 rows and all warps walk the same pages:
-// - prefill (kSplit = false): 8 warps, the 128 new tokens m0.. of one query head; each warp's 16
-//   rows are exactly one Q scale block (blocks are aligned to the request's first new token);
+// - prefill (kSplit = false): 8 warps, the 128 new tokens m0.. of one query head, 16 rows per
+//   warp (each row with its own Q scale);
 // - split-KV (kSplit = true): one warp, 16 rows packed across the GQA group (row r = new token
 //   r / group of query head kv_head * group + r % group), over one split of the request's pages.
 // The key tile is one page of 64 keys, loaded into shared memory with cp.async (K codes, V codes

@@ -1,7 +1,7 @@
 // CPU twin of sage_attn: implements sage_numerics.h step by step (see there for the
 // specification). Work is split as in the flash backend (cpu_plan.h): a work item holds whole Q
-// scale blocks (16 tokens, aligned to the request's first new token) of every head of a GQA
-// group, so quantization blocks never depend on the thread count or on the other requests.
+// scale blocks (kQueryBlockRows tokens, aligned to the request's first new token) of every head of
+// a GQA group, so quantization blocks never depend on the thread count or on the other requests.
 // Float pages are quantized once per call, before the parallel loop, by the cache's own sealing
 // function (kv_cache/page_quant.h).
 #include <omp.h>

@@ -5,7 +5,7 @@
 //   1. page quantization (sage_quantize_pages_cuda) of the pages that are not sealed 8-bit pages
 //      (every page of a bf16 cache; the bf16 tail page of each request of an 8-bit cache) into a
 //      per-call scratch in the 8-bit block layout;
-//   2. Q quantization: INT8 codes and one scale per 16-token block and head;
+//   2. Q quantization: INT8 codes and one scale per new token and head;
 //   3. the prefill kernel (requests with q_len * group > 64 rows; on compute capability 9.0 with
 //      fp8 P.V and head dims padded to 128, the warp-specialized sm_90a wgmma kernel of
 //      sage_prefill_sm90.cuh, else the portable sm_80 one) and/or

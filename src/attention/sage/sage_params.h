@@ -35,10 +35,10 @@ namespace sagellm::sage_cuda {
 // Tokens per KV page; the kernels' key tile is one page, so that the running max, the K scale,
 // the K mean and the V scales all change exactly at tile boundaries, as the specification says.
 inline constexpr int kSagePageSize = 64;
-// Query rows per CTA of the prefill kernel (8 warps x one 16-row Q scale block each).
+// Query rows per CTA of the prefill kernel (8 warps x 16 rows).
 inline constexpr int kSagePrefillBlockM = 128;
-// Rows of one Q scale block: new tokens per block, aligned to the request's first new token.
-inline constexpr int kSageQBlockRows = 16;
+// Rows of one Q scale block: one (a scale per new token and head, sage_numerics.h).
+inline constexpr int kSageQBlockRows = 1;
 // Requests with q_len * group up to this many rows run on the split-KV (decode) kernel.
 inline constexpr int kSageDecodeMaxRows = 64;
 // Packed rows per CTA of the split-KV kernel, and its warps (each takes whole pages).
@@ -116,8 +116,7 @@ struct SageParams {
   int64_t o_head_stride = 0;
 
   // Quantized Q (written by the Q kernel, read by the attention kernels): row r - cu_seqlens_q[0]
-  // of q8 is [num_heads][head_dim_padded] int8; q_scale [row][num_heads] fp32 (the scale of the
-  // row's 16-token block, repeated per row).
+  // of q8 is [num_heads][head_dim_padded] int8; q_scale [row][num_heads] fp32 (the row's scale).
   int8_t* q8 = nullptr;
   float* q_scale = nullptr;
 

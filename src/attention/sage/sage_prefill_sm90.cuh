@@ -2,8 +2,8 @@
 // wgmma products, warp-specialized. Numerics: sage_numerics.h, step by step, as the sm_80 kernel
 // (sage_attn_sm80.cuh), whose per-page arithmetic this kernel shares.
 //
-// One CTA = 128 new tokens of one query head: two consumer warpgroups of 64 rows (each warp's 16
-// rows are one Q scale block, as in the sm_80 kernel) and one producer warpgroup, whose registers
+// One CTA = 128 new tokens of one query head: two consumer warpgroups of 64 rows (each thread
+// reads its two rows' Q scales, as in the sm_80 kernel) and one producer warpgroup, whose registers
 // go to the consumers (setmaxnreg). The key tile is one page (64 keys), so that the running max,
 // the K scale, the K mean and the V scales change exactly at tile boundaries. The producer copies
 // each page (K codes, transposed V codes, then mean and scales; one block table lookup per page)

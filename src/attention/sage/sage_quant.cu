@@ -141,7 +141,8 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const Sag
   }
 }
 
-// One CTA per (16-token block, query head, request): q' = q * q_factor, one scale per block.
+// One CTA per (Q scale block of kSageQBlockRows new tokens, query head, request): q' = q *
+// q_factor, one scale per block.
 __global__ void __launch_bounds__(kQuantThreads) quantize_q_kernel(const SageParams p) {
   const int seq = blockIdx.z, head = blockIdx.y;
   const int q_begin = p.cu_seqlens_q[seq];
