@@ -223,6 +223,66 @@ __device__ __forceinline__ float quad_max(float v) {
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
 
+// The scores of one page (sage_numerics.h steps 3 and 4) for the thread's rows g and g + 8, from
+// the exact int32 products si in C-fragment layout: s = si * (q_scale * k_scale) + q'.k_mean with
+// the bottom-right mask (lim0 / lim1: the rows' last visible keys), then the page's running-max
+// update: m_new is the new running max (m is the old one, which alpha needs) and ref the exp2
+// reference (m_new, or 0 while no key was visible). Shared by the sm_80 and the Hopper kernels, so
+// both compute the same bits.
+template <int kDp, int kNT>
+__device__ __forceinline__ void page_scores(const int (&si)[kNT][4], const float* mean,
+                                            const unsigned char* qh_rows, float q_factor, float sc0,
+                                            float sc1, int key0, int lim0, int lim1, bool masked,
+                                            const float (&m)[2], float (&s)[kNT][4],
+                                            float (&m_new)[2], float (&ref)[2], int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  // q' . k_mean for rows g and g + 8: the thread's channels 8j + 2t, 8j + 2t + 1, summed over the
+  // quad.
+  float qm0 = 0.0f, qm1 = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kDp / 8; ++j) {
+    const float2 mn = *reinterpret_cast<const float2*>(mean + 8 * j + 2 * t);
+    const uint32_t a = *reinterpret_cast<const uint32_t*>(qh_rows + swz<2 * kDp>(g, j) + 4 * t);
+    const uint32_t c = *reinterpret_cast<const uint32_t*>(qh_rows + swz<2 * kDp>(g + 8, j) + 4 * t);
+    qm0 = fmaf(flash_cuda::sm80::bf16_lo_to_float(a) * q_factor, mn.x, qm0);
+    qm0 = fmaf(flash_cuda::sm80::bf16_hi_to_float(a) * q_factor, mn.y, qm0);
+    qm1 = fmaf(flash_cuda::sm80::bf16_lo_to_float(c) * q_factor, mn.x, qm1);
+    qm1 = fmaf(flash_cuda::sm80::bf16_hi_to_float(c) * q_factor, mn.y, qm1);
+  }
+  qm0 = quad_sum(qm0);
+  qm1 = quad_sum(qm1);
+#pragma unroll
+  for (int j = 0; j < kNT; ++j) {
+    s[j][0] = fmaf(static_cast<float>(si[j][0]), sc0, qm0);
+    s[j][1] = fmaf(static_cast<float>(si[j][1]), sc0, qm0);
+    s[j][2] = fmaf(static_cast<float>(si[j][2]), sc1, qm1);
+    s[j][3] = fmaf(static_cast<float>(si[j][3]), sc1, qm1);
+  }
+  if (masked) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      const int key = key0 + j * 8 + 2 * t;
+      if (key > lim0) s[j][0] = -INFINITY;
+      if (key + 1 > lim0) s[j][1] = -INFINITY;
+      if (key > lim1) s[j][2] = -INFINITY;
+      if (key + 1 > lim1) s[j][3] = -INFINITY;
+    }
+  }
+  // One running-max update per page.
+  float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kNT; ++j) {
+    mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+    mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+  }
+  mx0 = quad_max(mx0);
+  mx1 = quad_max(mx1);
+  m_new[0] = fmaxf(m[0], mx0);
+  m_new[1] = fmaxf(m[1], mx1);
+  ref[0] = m_new[0] == -INFINITY ? 0.0f : m_new[0];
+  ref[1] = m_new[1] == -INFINITY ? 0.0f : m_new[1];
+}
+
 // One page for one warp. lim0 / lim1: last visible key of the thread's rows g and g + 8.
 template <class T>
 __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
@@ -231,7 +291,7 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
                                           const unsigned char* qh_rows, float qs0, float qs1,
                                           int key0, int lim0, int lim1, bool masked,
                                           WarpState<T>& w, int lane) {
-  const int g = lane >> 2, t = lane & 3, mi = lane >> 3;
+  const int t = lane & 3, mi = lane >> 3;
   // The page's fp32 means, bf16 V scales and fp32 K scale (sage_params.h).
   const float* mean = reinterpret_cast<const float*>(stage_ptr + T::kKBytes + T::kVBytes);
   const bf16* vscale = reinterpret_cast<const bf16*>(mean + T::kDp);
@@ -251,57 +311,13 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
       mma_s8_16832(si[2 * np + 1], qf[ks], kb[2], kb[3]);
     }
   }
-  // q' . k_mean for rows g and g + 8: the thread's channels 8j + 2t, 8j + 2t + 1, summed over the
-  // quad.
-  float qm0 = 0.0f, qm1 = 0.0f;
-#pragma unroll
-  for (int j = 0; j < T::kDT; ++j) {
-    const float2 mn = *reinterpret_cast<const float2*>(mean + 8 * j + 2 * t);
-    const uint32_t a = *reinterpret_cast<const uint32_t*>(qh_rows + swz<2 * T::kDp>(g, j) + 4 * t);
-    const uint32_t c =
-        *reinterpret_cast<const uint32_t*>(qh_rows + swz<2 * T::kDp>(g + 8, j) + 4 * t);
-    qm0 = fmaf(flash_cuda::sm80::bf16_lo_to_float(a) * p.q_factor, mn.x, qm0);
-    qm0 = fmaf(flash_cuda::sm80::bf16_hi_to_float(a) * p.q_factor, mn.y, qm0);
-    qm1 = fmaf(flash_cuda::sm80::bf16_lo_to_float(c) * p.q_factor, mn.x, qm1);
-    qm1 = fmaf(flash_cuda::sm80::bf16_hi_to_float(c) * p.q_factor, mn.y, qm1);
-  }
-  qm0 = quad_sum(qm0);
-  qm1 = quad_sum(qm1);
-
-  const float sc0 = qs0 * kscale, sc1 = qs1 * kscale;
-  float s[T::kNT][4];
-#pragma unroll
-  for (int j = 0; j < T::kNT; ++j) {
-    s[j][0] = fmaf(static_cast<float>(si[j][0]), sc0, qm0);
-    s[j][1] = fmaf(static_cast<float>(si[j][1]), sc0, qm0);
-    s[j][2] = fmaf(static_cast<float>(si[j][2]), sc1, qm1);
-    s[j][3] = fmaf(static_cast<float>(si[j][3]), sc1, qm1);
-  }
-  if (masked) {
-#pragma unroll
-    for (int j = 0; j < T::kNT; ++j) {
-      const int key = key0 + j * 8 + 2 * t;
-      if (key > lim0) s[j][0] = -INFINITY;
-      if (key + 1 > lim0) s[j][1] = -INFINITY;
-      if (key > lim1) s[j][2] = -INFINITY;
-      if (key + 1 > lim1) s[j][3] = -INFINITY;
-    }
-  }
-  // One running-max update per page.
-  float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-  for (int j = 0; j < T::kNT; ++j) {
-    mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-    mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-  }
-  mx0 = quad_max(mx0);
-  mx1 = quad_max(mx1);
-  const float new0 = fmaxf(w.m[0], mx0), new1 = fmaxf(w.m[1], mx1);
-  const float ref0 = new0 == -INFINITY ? 0.0f : new0;
-  const float ref1 = new1 == -INFINITY ? 0.0f : new1;
+  float s[T::kNT][4], m_new[2], ref[2];
+  page_scores<T::kDp, T::kNT>(si, mean, qh_rows, p.q_factor, qs0 * kscale, qs1 * kscale, key0, lim0,
+                              lim1, masked, w.m, s, m_new, ref, lane);
+  const float ref0 = ref[0], ref1 = ref[1];
   const float alpha0 = fast_exp2(w.m[0] - ref0), alpha1 = fast_exp2(w.m[1] - ref1);
-  w.m[0] = new0;
-  w.m[1] = new1;
+  w.m[0] = m_new[0];
+  w.m[1] = m_new[1];
 #pragma unroll
   for (int j = 0; j < T::kNT; ++j) {
     s[j][0] = fast_exp2(s[j][0] - ref0);

@@ -164,63 +164,21 @@ struct Consumer {
     alpha[0] = alpha[1] = 1.0f;
   }
 
-  // Scores of the page in `meta` (its mean, V scales, K scale), the running max and P in FP8
-  // (into pa), as the sm_80 kernel's page_step; the row sums come with the product (fold).
+  // Scores of the page in `meta` (its mean and K scale) and the running max (sm80::page_scores, as
+  // the sm_80 kernel), then P in FP8 (into pa); the row sums come with the product (fold).
   __device__ __forceinline__ void softmax(const SageParams& p, const unsigned char* meta,
                                           const unsigned char* qh_rows, float qs0, float qs1,
                                           int key0, int lim0, int lim1, bool masked, int lane) {
-    const int g = lane >> 2, t = lane & 3;
     const float* mean = reinterpret_cast<const float*>(meta);
     const float kscale = *reinterpret_cast<const float*>(meta + 6 * T::kDp);
-    float qm0 = 0.0f, qm1 = 0.0f;
-#pragma unroll
-    for (int j = 0; j < T::kDT; ++j) {
-      const float2 mn = *reinterpret_cast<const float2*>(mean + 8 * j + 2 * t);
-      const uint32_t a =
-          *reinterpret_cast<const uint32_t*>(qh_rows + swz<2 * T::kDp>(g, j) + 4 * t);
-      const uint32_t c =
-          *reinterpret_cast<const uint32_t*>(qh_rows + swz<2 * T::kDp>(g + 8, j) + 4 * t);
-      qm0 = fmaf(flash_cuda::sm80::bf16_lo_to_float(a) * p.q_factor, mn.x, qm0);
-      qm0 = fmaf(flash_cuda::sm80::bf16_hi_to_float(a) * p.q_factor, mn.y, qm0);
-      qm1 = fmaf(flash_cuda::sm80::bf16_lo_to_float(c) * p.q_factor, mn.x, qm1);
-      qm1 = fmaf(flash_cuda::sm80::bf16_hi_to_float(c) * p.q_factor, mn.y, qm1);
-    }
-    qm0 = quad_sum(qm0);
-    qm1 = quad_sum(qm1);
-    const float sc0 = qs0 * kscale, sc1 = qs1 * kscale;
-    float s[T::kNT][4];
-#pragma unroll
-    for (int j = 0; j < T::kNT; ++j) {
-      s[j][0] = fmaf(static_cast<float>(si[j][0]), sc0, qm0);
-      s[j][1] = fmaf(static_cast<float>(si[j][1]), sc0, qm0);
-      s[j][2] = fmaf(static_cast<float>(si[j][2]), sc1, qm1);
-      s[j][3] = fmaf(static_cast<float>(si[j][3]), sc1, qm1);
-    }
-    if (masked) {
-#pragma unroll
-      for (int j = 0; j < T::kNT; ++j) {
-        const int key = key0 + j * 8 + 2 * t;
-        if (key > lim0) s[j][0] = -INFINITY;
-        if (key + 1 > lim0) s[j][1] = -INFINITY;
-        if (key > lim1) s[j][2] = -INFINITY;
-        if (key + 1 > lim1) s[j][3] = -INFINITY;
-      }
-    }
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < T::kNT; ++j) {
-      mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-      mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-    }
-    mx0 = quad_max(mx0);
-    mx1 = quad_max(mx1);
-    const float new0 = fmaxf(m[0], mx0), new1 = fmaxf(m[1], mx1);
-    const float ref0 = new0 == -INFINITY ? 0.0f : new0;
-    const float ref1 = new1 == -INFINITY ? 0.0f : new1;
+    float s[T::kNT][4], m_new[2], ref[2];
+    sm80::page_scores<T::kDp, T::kNT>(si, mean, qh_rows, p.q_factor, qs0 * kscale, qs1 * kscale,
+                                      key0, lim0, lim1, masked, m, s, m_new, ref, lane);
+    const float ref0 = ref[0], ref1 = ref[1];
     alpha[0] = fast_exp2(m[0] - ref0);
     alpha[1] = fast_exp2(m[1] - ref1);
-    m[0] = new0;
-    m[1] = new1;
+    m[0] = m_new[0];
+    m[1] = m_new[1];
 #pragma unroll
     for (int kc = 0; kc < 2; ++kc) {
 #pragma unroll
