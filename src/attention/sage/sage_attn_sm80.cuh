@@ -419,6 +419,35 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
   }
 }
 
+// Normalizes the thread's rows g and g + 8 (acc / l, with l already summed over the quad) and
+// stores their channels 8j + 2t, +1 as bf16; padding rows and channels past head_dim are skipped.
+template <int kDT>
+__device__ __forceinline__ void store_rows(const SageParams& p, const SageBlock& b,
+                                           const float (&acc)[kDT][4], float l0, float l1,
+                                           bool valid0, int tok0, int head0, bool valid1, int tok1,
+                                           int head1, int t) {
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
+  const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  bf16* obase = static_cast<bf16*>(p.o);
+#pragma unroll
+  for (int j = 0; j < kDT; ++j) {
+    const int d = j * 8 + 2 * t;
+    if (d >= p.head_dim) continue;
+    if (valid0) {
+      bf16* dst = obase + static_cast<int64_t>(b.q_begin + tok0) * p.o_row_stride +
+                  static_cast<int64_t>(head0) * p.o_head_stride + d;
+      *reinterpret_cast<uint32_t*>(dst) =
+          flash_cuda::sm80::pack_bf16x2(acc[j][0] * inv0, acc[j][1] * inv0);
+    }
+    if (valid1) {
+      bf16* dst = obase + static_cast<int64_t>(b.q_begin + tok1) * p.o_row_stride +
+                  static_cast<int64_t>(head1) * p.o_head_stride + d;
+      *reinterpret_cast<uint32_t*>(dst) =
+          flash_cuda::sm80::pack_bf16x2(acc[j][2] * inv1, acc[j][3] * inv1);
+    }
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(T::kThreads) sage_attn_kernel(const SageParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -493,27 +522,8 @@ __global__ void __launch_bounds__(T::kThreads) sage_attn_kernel(const SageParams
   cp_async_wait<0>();
 
   const float l0 = quad_sum(w.l[0]), l1 = quad_sum(w.l[1]);
-  bf16* obase = static_cast<bf16*>(p.o);
   if (!T::kSplit || b.num_splits == 1) {
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
-    const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-#pragma unroll
-    for (int j = 0; j < T::kDT; ++j) {
-      const int d = j * 8 + 2 * t;
-      if (d >= p.head_dim) continue;
-      if (valid0) {
-        bf16* dst = obase + static_cast<int64_t>(b.q_begin + tok0) * p.o_row_stride +
-                    static_cast<int64_t>(head0) * p.o_head_stride + d;
-        *reinterpret_cast<uint32_t*>(dst) =
-            flash_cuda::sm80::pack_bf16x2(w.acc[j][0] * inv0, w.acc[j][1] * inv0);
-      }
-      if (valid1) {
-        bf16* dst = obase + static_cast<int64_t>(b.q_begin + tok1) * p.o_row_stride +
-                    static_cast<int64_t>(head1) * p.o_head_stride + d;
-        *reinterpret_cast<uint32_t*>(dst) =
-            flash_cuda::sm80::pack_bf16x2(w.acc[j][2] * inv1, w.acc[j][3] * inv1);
-      }
-    }
+    store_rows<T::kDT>(p, b, w.acc, l0, l1, valid0, tok0, head0, valid1, tok1, head1, t);
     return;
   }
   // More than one split: unnormalized accumulators, running max and sum to the workspace.

@@ -379,27 +379,8 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
     c.fold(meta(last), lane);
   }
 
-  const float l0 = quad_sum(c.l[0]), l1 = quad_sum(c.l[1]);
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
-  const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-  bf16* obase = static_cast<bf16*>(p.o);
-#pragma unroll
-  for (int j = 0; j < T::kDT; ++j) {
-    const int d = j * 8 + 2 * t;
-    if (d >= p.head_dim) continue;
-    if (valid0) {
-      bf16* dst = obase + static_cast<int64_t>(b.q_begin + tok0) * p.o_row_stride +
-                  static_cast<int64_t>(head0) * p.o_head_stride + d;
-      *reinterpret_cast<uint32_t*>(dst) =
-          flash_cuda::sm80::pack_bf16x2(c.acc[j][0] * inv0, c.acc[j][1] * inv0);
-    }
-    if (valid1) {
-      bf16* dst = obase + static_cast<int64_t>(b.q_begin + tok1) * p.o_row_stride +
-                  static_cast<int64_t>(head1) * p.o_head_stride + d;
-      *reinterpret_cast<uint32_t*>(dst) =
-          flash_cuda::sm80::pack_bf16x2(c.acc[j][2] * inv1, c.acc[j][3] * inv1);
-    }
-  }
+  sm80::store_rows<T::kDT>(p, b, c.acc, quad_sum(c.l[0]), quad_sum(c.l[1]), valid0, tok0, head0,
+                           valid1, tok1, head1, t);
 #else
   (void)p;
   __trap();  // sm_90a code only; the launcher never runs this elsewhere
