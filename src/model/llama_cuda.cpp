@@ -456,11 +456,33 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
     rp.head_dim = d;
     rp.inv_freq = inv_freq_.data();
     rp.positions = d_pos;
-    gpu::rope(rp, s);
     const bool timed = time_attention_ && !attention_events_.empty();
     const size_t ev = 2 * static_cast<size_t>(li);
-    if (timed) SAGELLM_CUDA_CHECK(cudaEventRecord(attention_events_[ev], s));
-    if (int8 && seal_grid > 0) {
+    gpu::KVCacheWriteParams kw;
+    kw.k = qkv + static_cast<int64_t>(nh) * d;
+    kw.k_row_stride = qkv_dim;
+    kw.v = qkv + static_cast<int64_t>(nh + nkv) * d;
+    kw.v_row_stride = qkv_dim;
+    // The 8-bit cache's k_layer / v_layer are its bf16 tail pool, indexed by tail slot; rows of
+    // pages sealed this step have tail slot -1 and are skipped.
+    kw.k_cache = reinterpret_cast<bf16*>(cache.k_layer(li));
+    kw.v_cache = reinterpret_cast<bf16*>(cache.v_layer(li));
+    kw.pages = int8 ? d_tail : d_page;
+    kw.slots = d_slot;
+    kw.rows = rows;
+    kw.kv_heads = nkv;
+    kw.head_dim = d;
+    kw.page_size = ks.page_size;
+    kw.num_pages = int8 ? cache.num_tail_slots() : ks.num_pages;
+    const bool seal = int8 && seal_grid > 0;
+    if (!seal && !timed) {
+      gpu::rope_kv_write(rp, kw, s);  // one launch instead of two
+    } else {
+      // Apart when timed, so that the timed span (bench --attention-share) starts after RoPE.
+      gpu::rope(rp, s);
+      if (timed) SAGELLM_CUDA_CHECK(cudaEventRecord(attention_events_[ev], s));
+    }
+    if (seal) {
       // Before the tail write: a tail slot a seal gives up may be written by this step (see
       // kv_cache_step.h).
       sage_cuda::SageQuantParams qp;
@@ -483,30 +505,13 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
       qp.head_dim_padded = cache.head_dim_padded();
       sage_cuda::sage_quantize_pages_cuda(qp, s);
     }
-    gpu::KVCacheWriteParams kw;
-    kw.k = qkv + static_cast<int64_t>(nh) * d;
-    kw.k_row_stride = qkv_dim;
-    kw.v = qkv + static_cast<int64_t>(nh + nkv) * d;
-    kw.v_row_stride = qkv_dim;
-    // The 8-bit cache's k_layer / v_layer are its bf16 tail pool, indexed by tail slot; rows of
-    // pages sealed above have tail slot -1 and are skipped.
-    kw.k_cache = reinterpret_cast<bf16*>(cache.k_layer(li));
-    kw.v_cache = reinterpret_cast<bf16*>(cache.v_layer(li));
-    kw.pages = int8 ? d_tail : d_page;
-    kw.slots = d_slot;
-    kw.rows = rows;
-    kw.kv_heads = nkv;
-    kw.head_dim = d;
-    kw.page_size = ks.page_size;
-    kw.num_pages = int8 ? cache.num_tail_slots() : ks.num_pages;
-    gpu::kv_cache_write(kw, s);
+    if (seal || timed) gpu::kv_cache_write(kw, s);
     attention.run(cache.layer(li), qkv, qkv_dim, att, s);
     if (timed) SAGELLM_CUDA_CHECK(cudaEventRecord(attention_events_[ev + 1], s));
     gemm_.linear(att, bf(l.o), delta, rows, h, nh * d, s);
     all_reduce(delta_, rows);
     gpu::add_rmsnorm(resid, delta, bf(l.post_norm), xn, rows, h, eps, s);
-    gemm_.linear(xn, bf(l.gate_up), bf(gate_up_), rows, 2 * inter, h, s);
-    gpu::silu_mul(bf(gate_up_), bf(act_), rows, inter, s);
+    gemm_.linear_swiglu(xn, bf(l.gate_up), bf(gate_up_), bf(act_), rows, inter, h, s);
     gemm_.linear(bf(act_), bf(l.down), delta, rows, h, inter, s);
     all_reduce(delta_, rows);
     if (observer) {

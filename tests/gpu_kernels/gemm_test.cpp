@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "gpu_test_util.h"
+#include "kernels/cuda/ops.h"
 
 namespace sagellm {
 namespace {
@@ -201,6 +202,41 @@ TEST_F(GemmGpu, SmallMRowsDoNotDependOnM) {
     part.c0.resize(size_t(m) * 4096);
     const std::vector<float> got = run_gpu(gemm, c, part);
     EXPECT_EQ(got, std::vector<float>(all.begin(), all.begin() + long(m) * 4096)) << m;
+  }
+}
+
+// linear_swiglu against the two steps it fuses (the projection into [gate | up], then
+// gpu::silu_mul), bit for bit: on the GEMV path (m <= 4, each split of gemv_split) and on the
+// GEMM path (m > 4, or the GEMV kernel off).
+TEST_F(GemmGpu, SwiGluEqualsProjectionThenSiluMul) {
+  struct Case {
+    int m, inter, k;
+    bool gemv;
+  };
+  for (const Case& c :
+       {Case{1, 14336, 4096, true}, Case{3, 1000, 520, true}, Case{4, 6000, 256, true},
+        Case{2, 9000, 64, true}, Case{6, 300, 128, true}, Case{2, 500, 256, false}}) {
+    SCOPED_TRACE(fmt::format("m {} inter {} k {} gemv {}", c.m, c.inter, c.k, c.gemv));
+    gpu::Gemm gemm;
+    gemm.set_small_m_kernel(c.gemv);
+    const auto d_a =
+        testing::upload(testing::to_bf16(testing::random_bf16_values(size_t(c.m) * c.k, 101)));
+    const auto d_w = testing::upload(
+        testing::to_bf16(testing::random_bf16_values(size_t(2) * c.inter * c.k, 102, 0.05f)));
+    DeviceBuffer<bf16> gate_up(size_t(c.m) * 2 * c.inter);
+    DeviceBuffer<bf16> want(size_t(c.m) * c.inter);
+    DeviceBuffer<bf16> got(size_t(c.m) * c.inter);
+    gemm.linear(d_a.data(), d_w.data(), gate_up.data(), c.m, 2 * c.inter, c.k, nullptr);
+    gpu::silu_mul(gate_up.data(), want.data(), c.m, c.inter, nullptr);
+    gemm.linear_swiglu(d_a.data(), d_w.data(), gate_up.data(), got.data(), c.m, c.inter, c.k,
+                       nullptr);
+    std::vector<uint16_t> want_bits, got_bits;
+    for (bf16 b : testing::download(want)) want_bits.push_back(testing::bits_of(b));
+    for (bf16 b : testing::download(got)) got_bits.push_back(testing::bits_of(b));
+    EXPECT_EQ(got_bits, want_bits);
+    size_t nonzero = 0;
+    for (uint16_t b : want_bits) nonzero += (b & 0x7fff) != 0;
+    EXPECT_GT(nonzero, want_bits.size() / 2) << "a degenerate case";
   }
 }
 

@@ -9,6 +9,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/kernel_util.cuh"
+#include "kernels/cuda/ops.h"
 
 namespace sagellm::gpu {
 
@@ -222,6 +223,31 @@ void Gemm::linear(const __nv_bfloat16* a, const __nv_bfloat16* w, float* c, int 
   args.k = k;
   args.accumulate = accumulate;
   run(args, stream);
+}
+
+void Gemm::linear_swiglu(const __nv_bfloat16* a, const __nv_bfloat16* w, __nv_bfloat16* gate_up,
+                         __nv_bfloat16* act, int m, int inter, int k, cudaStream_t stream) {
+  SAGELLM_GPU_REQUIRE(m >= 0 && inter > 0 && k > 0, "gemm: bad SwiGLU shape m=", m,
+                      " inter=", inter, " k=", k);
+  if (m == 0) return;
+  SAGELLM_GPU_REQUIRE(a != nullptr && w != nullptr && act != nullptr, "gemm: null pointer");
+  GemvArgs gv;
+  gv.a = a;
+  gv.w = w;
+  gv.c = act;
+  gv.swiglu = true;
+  gv.m = m;
+  gv.n = inter;
+  gv.k = k;
+  gv.lda = k;
+  gv.ldc = inter;
+  if (use_gemv_ && gemv_supports(gv, false)) {
+    SAGELLM_CUDA_CHECK(gemv_launch(gv, stream));
+    return;
+  }
+  SAGELLM_GPU_REQUIRE(gate_up != nullptr, "gemm: null pointer");
+  linear(a, w, gate_up, m, 2 * inter, k, stream);
+  silu_mul(gate_up, act, m, inter, stream);
 }
 
 }  // namespace sagellm::gpu

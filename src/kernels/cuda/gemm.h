@@ -53,6 +53,13 @@ class Gemm {
   void linear(const __nv_bfloat16* a, const __nv_bfloat16* w, float* c, int m, int n, int k,
               cudaStream_t stream, bool accumulate = false);
 
+  // act = silu(gate) * up (gpu::silu_mul) of [gate | up] = A · W^T, with W = [gate; up] of
+  // 2 * inter rows. On the GEMV path one pass over W writes act directly (the same bits as the
+  // two steps, one launch fewer per layer); otherwise the GEMM writes gate_up ([m][2 * inter])
+  // and silu_mul reads it.
+  void linear_swiglu(const __nv_bfloat16* a, const __nv_bfloat16* w, __nv_bfloat16* gate_up,
+                     __nv_bfloat16* act, int m, int inter, int k, cudaStream_t stream);
+
   size_t workspace_bytes() const;
   size_t cached_plans() const;
 

@@ -19,24 +19,38 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8]) {
   }
 }
 
+// silu_mul's formula on the two bf16-rounded sums, so the fused output has its bits.
+__device__ __forceinline__ float silu_mul(float gate_sum, float up_sum) {
+  const float g = __bfloat162float(__float2bfloat16_rn(gate_sum));
+  const float u = __bfloat162float(__float2bfloat16_rn(up_sum));
+  return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
 // kSplit warps share each group of kRowsPerWarp rows, warp `slice` taking every kSplit-th
 // k-chunk; their partial sums meet in shared memory and are added in slice order. Splitting k
 // keeps enough loads in flight when there are few rows (n = 4096: 512 CTAs without a split,
 // fewer than the GPU holds at once).
-template <int M, bool kF32, int kSplit>
+//
+// kSwiGlu: W is [gate; up] with 2 * n rows and the warp group's two rows are gate row j and up
+// row n + j; C[m][j] = silu(gate) * up of the two bf16-rounded sums (silu_mul's formula). The
+// sums are the bits the plain kernel gives for W's 2 * n rows (same order and split).
+template <int M, bool kF32, int kSplit, bool kSwiGlu>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
+  static_assert(!kSwiGlu || (kRowsPerWarp == 2 && !kF32), "SwiGLU pairs a gate and an up row");
   static_assert(kWarps % kSplit == 0, "the warps of a CTA form whole split groups");
   constexpr int kGroups = kWarps / kSplit;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int group = warp / kSplit;
   const int slice = warp - group * kSplit;
-  const int n0 = (blockIdx.x * kGroups + group) * kRowsPerWarp;
+  // First output of the warp group: kRowsPerWarp consecutive ones, or one (gate, up) pair.
+  const int n0 = (blockIdx.x * kGroups + group) * (kSwiGlu ? 1 : kRowsPerWarp);
   const __nv_bfloat16* w_rows[kRowsPerWarp];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     // A row past the end re-reads the last row; its result is not stored.
-    w_rows[r] = p.w + static_cast<int64_t>(min(n0 + r, p.n - 1)) * p.k;
+    const int row = kSwiGlu ? min(n0, p.n - 1) + r * p.n : min(n0 + r, p.n - 1);
+    w_rows[r] = p.w + static_cast<int64_t>(row) * p.k;
   }
   float acc[M][kRowsPerWarp];
 #pragma unroll
@@ -84,14 +98,24 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
       static_cast<__nv_bfloat16*>(p.c)[at] = __float2bfloat16_rn(v);
     }
   };
+  // sums[r]: the full sums of the group's rows for token m.
+  auto finish = [&](int m, int n0_group, const float(&sums)[kRowsPerWarp]) {
+    if constexpr (kSwiGlu) {
+      if (n0_group < p.n) store(m, n0_group, silu_mul(sums[0], sums[1]));
+    } else {
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        if (n0_group + r < p.n) store(m, n0_group + r, sums[r]);
+      }
+    }
+  };
   if constexpr (kSplit == 1) {
 #pragma unroll
     for (int m = 0; m < M; ++m) {
+      float sums[kRowsPerWarp];
 #pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        const float s = detail::warp_sum(acc[m][r]);
-        if (lane == 0 && n0 + r < p.n) store(m, n0 + r, s);
-      }
+      for (int r = 0; r < kRowsPerWarp; ++r) sums[r] = detail::warp_sum(acc[m][r]);
+      if (lane == 0) finish(m, n0, sums);
     }
   } else {
     __shared__ float part[kWarps][M][kRowsPerWarp];
@@ -104,39 +128,43 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
       }
     }
     __syncthreads();
-    for (int t = threadIdx.x; t < kGroups * M * kRowsPerWarp; t += blockDim.x) {
-      const int g = t / (M * kRowsPerWarp);
-      const int m = t / kRowsPerWarp % M;
-      const int r = t % kRowsPerWarp;
-      const int n = (blockIdx.x * kGroups + g) * kRowsPerWarp + r;
-      if (n >= p.n) continue;
-      float sum = part[g * kSplit][m][r];
+    for (int t = threadIdx.x; t < kGroups * M; t += blockDim.x) {
+      const int g = t / M;
+      const int m = t % M;
+      float sums[kRowsPerWarp];
 #pragma unroll
-      for (int sl = 1; sl < kSplit; ++sl) sum += part[g * kSplit + sl][m][r];
-      store(m, n, sum);
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        float sum = part[g * kSplit][m][r];
+#pragma unroll
+        for (int sl = 1; sl < kSplit; ++sl) sum += part[g * kSplit + sl][m][r];
+        sums[r] = sum;
+      }
+      finish(m, (blockIdx.x * kGroups + g) * (kSwiGlu ? 1 : kRowsPerWarp), sums);
     }
   }
 }
 
-// Warps that share a row group: a function of n alone (not of m, so a request's row of C is
-// the same bits in any batch).
-int gemv_split(int n) { return n <= 8192 ? 4 : n <= 16384 ? 2 : 1; }
+// Warps that share a row group: a function of W's rows alone (not of m, so a request's row of C
+// is the same bits in any batch).
+int gemv_split(int w_rows) { return w_rows <= 8192 ? 4 : w_rows <= 16384 ? 2 : 1; }
 
 template <int M, int kSplit>
 cudaError_t launch_split(const GemvArgs& p, cudaStream_t stream) {
-  const int rows_per_cta = kWarps / kSplit * kRowsPerWarp;
-  const dim3 grid((p.n + rows_per_cta - 1) / rows_per_cta);
-  if (p.c_f32) {
-    gemv_kernel<M, true, kSplit><<<grid, kWarps * 32, 0, stream>>>(p);
+  const int outputs_per_cta = kWarps / kSplit * (p.swiglu ? 1 : kRowsPerWarp);
+  const dim3 grid((p.n + outputs_per_cta - 1) / outputs_per_cta);
+  if (p.swiglu) {
+    gemv_kernel<M, false, kSplit, true><<<grid, kWarps * 32, 0, stream>>>(p);
+  } else if (p.c_f32) {
+    gemv_kernel<M, true, kSplit, false><<<grid, kWarps * 32, 0, stream>>>(p);
   } else {
-    gemv_kernel<M, false, kSplit><<<grid, kWarps * 32, 0, stream>>>(p);
+    gemv_kernel<M, false, kSplit, false><<<grid, kWarps * 32, 0, stream>>>(p);
   }
   return cudaGetLastError();
 }
 
 template <int M>
 cudaError_t launch_m(const GemvArgs& p, cudaStream_t stream) {
-  switch (gemv_split(p.n)) {
+  switch (gemv_split(p.swiglu ? 2 * p.n : p.n)) {
     case 4:
       return launch_split<M, 4>(p, stream);
     case 2:
@@ -151,7 +179,8 @@ cudaError_t launch_m(const GemvArgs& p, cudaStream_t stream) {
 bool gemv_supports(const GemvArgs& a, bool accumulate) {
   return !accumulate && a.m >= 1 && a.m <= kGemvMaxRows && a.n >= 1 && a.k % 8 == 0 &&
          a.lda % 8 == 0 && detail::aligned16(a.a) && detail::aligned16(a.w) &&
-         a.n <= 65535 * kWarps * kRowsPerWarp;
+         !(a.swiglu && a.c_f32) &&
+         a.n <= (a.swiglu ? 65535 * kWarps : 65535 * kWarps * kRowsPerWarp);
 }
 
 cudaError_t gemv_launch(const GemvArgs& p, cudaStream_t stream) {

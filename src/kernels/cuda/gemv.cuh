@@ -29,6 +29,10 @@ struct GemvArgs {
   const __nv_bfloat16* w = nullptr;  // [n][k]
   void* c = nullptr;                 // [m][ldc], bf16 or fp32
   bool c_f32 = false;
+  // W holds 2 * n rows, [gate; up], and C[m][j] = bf16(silu(g) * u) of the bf16-rounded gate and
+  // up sums (gpu::silu_mul's formula): the gate/up projection and SwiGLU of a decode step in one
+  // pass over W, with the bits of the two separate steps. bf16 C only.
+  bool swiglu = false;
   int m = 0, n = 0, k = 0;
   int64_t lda = 0, ldc = 0;
 };

@@ -113,6 +113,11 @@ struct KVCacheWriteParams {
 };
 void kv_cache_write(const KVCacheWriteParams& p, cudaStream_t stream);
 
+// rope(rp) then kv_cache_write(kw) in one launch, with the same results: kw's K rows must be rp's
+// k rows (same pointer, heads, head dim and row stride), so the rotated K is what is cached.
+// Used by decode steps, where the launch, not the bytes, is the cost.
+void rope_kv_write(const RopeParams& rp, const KVCacheWriteParams& kw, cudaStream_t stream);
+
 // Host-side check of a slot mapping: pages[t] in [0, num_pages) or -1 (padding), slots[t] in
 // [0, page_size). Throws sagellm::Error naming the first bad row.
 void validate_kv_slots(std::span<const int32_t> pages, std::span<const int32_t> slots,
