@@ -59,18 +59,57 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const Sag
   const bf16* v_src = static_cast<const bf16*>(p.v_src);
   const bf16* k_new = static_cast<const bf16*>(p.k_new);
   const bf16* v_new = static_cast<const bf16*>(p.v_new);
-  for (int e = threadIdx.x; e < n * hd; e += blockDim.x) {
-    const int j = e / hd, d = e % hd;
+  // Staging: with 16-byte rows (the usual case) each thread issues all its loads before any
+  // store, so the page arrives in one round trip instead of one per element.
+  const bool vec = hd % 8 == 0 && p.src_page_stride % 8 == 0 && p.src_head_stride % 8 == 0 &&
+                   p.k_new_row_stride % 8 == 0 && p.v_new_row_stride % 8 == 0 &&
+                   ((reinterpret_cast<uintptr_t>(k_src) | reinterpret_cast<uintptr_t>(v_src) |
+                     reinterpret_cast<uintptr_t>(k_new) | reinterpret_cast<uintptr_t>(v_new)) &
+                    15) == 0;
+  auto offsets = [&](int j, int d, int64_t& k_off, int64_t& v_off) {
     if (j < job.n_old) {
-      const int64_t off = static_cast<int64_t>(job.src_page) * p.src_page_stride +
-                          static_cast<int64_t>(h) * p.src_head_stride +
-                          static_cast<int64_t>(j) * hd + d;
-      ks[j][d] = k_src[off];
-      vs[j][d] = v_src[off];
+      k_off = static_cast<int64_t>(job.src_page) * p.src_page_stride +
+              static_cast<int64_t>(h) * p.src_head_stride + static_cast<int64_t>(j) * hd + d;
+      v_off = k_off;
     } else {
       const int64_t row = job.first_new_row + (j - job.n_old);
-      ks[j][d] = k_new[row * p.k_new_row_stride + static_cast<int64_t>(h) * hd + d];
-      vs[j][d] = v_new[row * p.v_new_row_stride + static_cast<int64_t>(h) * hd + d];
+      k_off = row * p.k_new_row_stride + static_cast<int64_t>(h) * hd + d;
+      v_off = row * p.v_new_row_stride + static_cast<int64_t>(h) * hd + d;
+    }
+  };
+  if (vec) {
+    constexpr int kBatch = kSagePageSize * kSageMaxHeadDim / 8 / kQuantThreads;
+    const int chunks = hd / 8;
+    for (int e0 = threadIdx.x; e0 < n * chunks; e0 += kBatch * kQuantThreads) {
+      uint4 kr[kBatch], vr[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int e = e0 + b * kQuantThreads;
+        if (e >= n * chunks) break;
+        const int j = e / chunks, d = (e % chunks) * 8;
+        int64_t k_off, v_off;
+        offsets(j, d, k_off, v_off);
+        const bool old = j < job.n_old;
+        kr[b] = *reinterpret_cast<const uint4*>((old ? k_src : k_new) + k_off);
+        vr[b] = *reinterpret_cast<const uint4*>((old ? v_src : v_new) + v_off);
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int e = e0 + b * kQuantThreads;
+        if (e >= n * chunks) break;
+        const int j = e / chunks, d = (e % chunks) * 8;
+        *reinterpret_cast<uint4*>(&ks[j][d]) = kr[b];
+        *reinterpret_cast<uint4*>(&vs[j][d]) = vr[b];
+      }
+    }
+  } else {
+    for (int e = threadIdx.x; e < n * hd; e += blockDim.x) {
+      const int j = e / hd, d = e % hd;
+      int64_t k_off, v_off;
+      offsets(j, d, k_off, v_off);
+      const bool old = j < job.n_old;
+      ks[j][d] = (old ? k_src : k_new)[k_off];
+      vs[j][d] = (old ? v_src : v_new)[v_off];
     }
   }
   __syncthreads();
@@ -129,14 +168,20 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const Sag
     const bf16 vscale_bf16 = __float2bfloat16_rn(vmax / 448.0f);
     const float vscale = __bfloat162float(vscale_bf16);
     v_scale[d] = vscale_bf16;
-    for (int pos = 0; pos < kSagePageSize; ++pos) {
-      const int j = sage_v_key_of_position(pos);
-      uint8_t code = 0;
-      if (j < n && vscale > 0.0f) {
-        code =
-            __nv_cvt_float_to_fp8(__bfloat162float(vs[j][d]) / vscale, __NV_SATFINITE, __NV_E4M3);
+    // Four positions per 4-byte store: the thread's row of codes is contiguous.
+    for (int pos0 = 0; pos0 < kSagePageSize; pos0 += 4) {
+      uint32_t word = 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int j = sage_v_key_of_position(pos0 + i);
+        uint32_t code = 0;
+        if (j < n && vscale > 0.0f) {
+          code =
+              __nv_cvt_float_to_fp8(__bfloat162float(vs[j][d]) / vscale, __NV_SATFINITE, __NV_E4M3);
+        }
+        word |= code << (8 * i);
       }
-      v_codes[static_cast<int64_t>(d) * kSagePageSize + pos] = code;
+      *reinterpret_cast<uint32_t*>(v_codes + static_cast<int64_t>(d) * kSagePageSize + pos0) = word;
     }
   }
 }
@@ -185,7 +230,9 @@ void sage_quantize_pages_cuda(const SageQuantParams& p, CUstream_st* stream) {
   if (p.num_jobs <= 0) return;
   if (p.jobs == nullptr || p.dst8 == nullptr || p.num_kv_heads <= 0 ||
       sage_padded_head_dim(p.head_dim) != p.head_dim_padded ||
-      p.dst_head_stride < sage_page_block_bytes(p.head_dim_padded)) {
+      p.dst_head_stride < sage_page_block_bytes(p.head_dim_padded) || p.dst_page_stride % 16 != 0 ||
+      p.dst_head_stride % 16 != 0 || reinterpret_cast<uintptr_t>(p.dst8) % 16 != 0) {
+    // The kernel stores the page's fp32 metadata and packed codes with 4-byte stores.
     detail::throw_error("sage_attn (CUDA): bad page quantization parameters");
   }
   const dim3 grid(p.num_jobs, p.num_kv_heads);
