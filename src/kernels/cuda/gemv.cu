@@ -19,13 +19,6 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8]) {
   }
 }
 
-// silu_mul's formula on the two bf16-rounded sums, so the fused output has its bits.
-__device__ __forceinline__ float silu_mul(float gate_sum, float up_sum) {
-  const float g = __bfloat162float(__float2bfloat16_rn(gate_sum));
-  const float u = __bfloat162float(__float2bfloat16_rn(up_sum));
-  return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
-}
-
 // kSplit warps share each group of kRowsPerWarp rows, warp `slice` taking every kSplit-th
 // k-chunk; their partial sums meet in shared memory and are added in slice order. Splitting k
 // keeps enough loads in flight when there are few rows (n = 4096: 512 CTAs without a split,
@@ -101,7 +94,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
   // sums[r]: the full sums of the group's rows for token m.
   auto finish = [&](int m, int n0_group, const float(&sums)[kRowsPerWarp]) {
     if constexpr (kSwiGlu) {
-      if (n0_group < p.n) store(m, n0_group, silu_mul(sums[0], sums[1]));
+      // On the bf16-rounded sums, as gpu::silu_mul reads them from the GEMV's output.
+      if (n0_group < p.n) {
+        store(m, n0_group,
+              detail::silu_mul(detail::round_to_bf16(sums[0]), detail::round_to_bf16(sums[1])));
+      }
     } else {
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) {

@@ -98,6 +98,12 @@ __device__ __forceinline__ float round_to_bf16(float f) {
   return __bfloat162float(__float2bfloat16_rn(f));
 }
 
+// SwiGLU's product silu(g) * u in fp32 (cpu::silu_mul's formula): expf, not __expf, the accurate
+// library function as the CPU twin's std::exp; unfused, so every kernel using it gives its bits.
+__device__ __forceinline__ float silu_mul(float g, float u) {
+  return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);

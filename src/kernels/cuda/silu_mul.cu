@@ -27,10 +27,7 @@ __global__ void silu_mul_kernel(const bf16* __restrict__ gate_up, bf16* __restri
     detail::load_bf16<kVec, kVec == 8>(g_ptr, g);
     detail::load_bf16<kVec, kVec == 8>(g_ptr + inter, u);
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      // expf, not __expf: the accurate library function, as the CPU twin's std::exp.
-      g[j] = __fmul_rn(__fdiv_rn(g[j], __fadd_rn(1.0f, expf(-g[j]))), u[j]);
-    }
+    for (int j = 0; j < kVec; ++j) g[j] = detail::silu_mul(g[j], u[j]);
     detail::store_bf16<kVec, kVec == 8>(out + t * inter + i, g);
   }
 }
