@@ -4,6 +4,7 @@
 #include "attention/flash/flash_decode_sm80.cuh"
 #include "attention/flash/flash_launch_sm80.cuh"
 #include "attention/flash/flash_smem_config.cuh"
+#include "attention/split_kv_combine.cuh"
 
 namespace sagellm::flash_cuda::sm80 {
 
@@ -18,10 +19,19 @@ cudaError_t launch_decode(const FlashParams& p, int m_blocks, int max_splits, cu
   return cudaGetLastError();
 }
 
+namespace {
+
+struct FlashSplits {
+  __device__ static bool uses_split_kernel(int q_len, int group) {
+    return flash_uses_split_kernel(q_len, group);
+  }
+  __device__ static int num_splits(int kv_len) { return flash_num_splits(kv_len); }
+};
+
+}  // namespace
+
 cudaError_t launch_split_combine(const FlashParams& p, int max_q_len, cudaStream_t stream) {
-  const dim3 grid(max_q_len, p.num_heads, p.num_seqs);
-  flash_split_combine_kernel<<<grid, kCombineThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return attention_cuda::launch_split_combine<kFlashMaxSplits, FlashSplits>(p, max_q_len, stream);
 }
 
 template cudaError_t launch_decode<64>(const FlashParams&, int, int, cudaStream_t);

@@ -1,5 +1,5 @@
-// Split-KV kernel for decode and short extends (q_len * group <= 64 rows), sm_80 mma.sync, and
-// the fixed-order combine of its partial results.
+// Split-KV kernel for decode and short extends (q_len * group <= 64 rows), sm_80 mma.sync. Its
+// partial results are reduced by the shared fixed-order combine (attention/split_kv_combine.cuh).
 //
 // Rows are packed across the GQA group: row r of a 16-row block is new token r / group of query
 // head kv_head * group + r % group, so one CTA reads each K/V tile once for the whole group.
@@ -221,61 +221,6 @@ __global__ void __launch_bounds__(T::kThreads) flash_decode_kernel(const FlashPa
         p.split_ml[slot * 2 + 1] = sum;
       }
     }
-  }
-}
-
-// One CTA per (new token, query head, request) of the requests with more than one split:
-// out = sum_s acc_s * 2^(m_s - M) / sum_s l_s * 2^(m_s - M), summed in split order. The splits'
-// (max, sum) pairs are fetched in parallel and the accumulator loads are unrolled, so a small
-// batch waits for a few memory round trips, not one per split.
-constexpr int kCombineThreads = 128;
-
-__global__ void __launch_bounds__(kCombineThreads) flash_split_combine_kernel(const FlashParams p) {
-  static_assert(kFlashMaxSplits <= kCombineThreads, "one thread per split");
-  __shared__ float split_max[kFlashMaxSplits];
-  __shared__ float weight[kFlashMaxSplits];
-  __shared__ float weighted_sum[kFlashMaxSplits];
-  __shared__ float total;
-  const int seq = blockIdx.z, head = blockIdx.y, t = blockIdx.x;
-  const int q_begin = p.cu_seqlens_q[seq];
-  const int q_len = p.cu_seqlens_q[seq + 1] - q_begin;
-  const int group = p.num_heads / p.num_kv_heads;
-  if (!flash_uses_split_kernel(q_len, group) || t >= q_len) return;
-  const int num_splits = flash_num_splits(p.kv_lens[seq]);
-  if (num_splits <= 1) return;
-  const int64_t slot0 = static_cast<int64_t>(p.split_offsets[seq]) +
-                        (static_cast<int64_t>(t) * p.num_heads + head) * num_splits;
-  float sum_s = 0.0f;
-  if (threadIdx.x < num_splits) {
-    split_max[threadIdx.x] = p.split_ml[(slot0 + threadIdx.x) * 2];
-    sum_s = p.split_ml[(slot0 + threadIdx.x) * 2 + 1];
-  }
-  __syncthreads();
-  float mx = -INFINITY;
-  for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, split_max[s]);
-  const float ref = mx == -INFINITY ? 0.0f : mx;
-  if (threadIdx.x < num_splits) {
-    const float wt = fast_exp2(split_max[threadIdx.x] - ref);
-    weight[threadIdx.x] = wt;
-    weighted_sum[threadIdx.x] = sum_s * wt;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float sum = 0.0f;
-    for (int s = 0; s < num_splits; ++s) sum += weighted_sum[s];
-    total = sum;
-  }
-  __syncthreads();
-  const float sum = total;
-  bf16* dst = static_cast<bf16*>(p.o) + static_cast<int64_t>(q_begin + t) * p.o_row_stride +
-              static_cast<int64_t>(head) * p.o_head_stride;
-  const float* acc = p.split_acc + slot0 * p.head_dim;
-  for (int d = threadIdx.x; d < p.head_dim; d += kCombineThreads) {
-    float a = 0.0f;
-#pragma unroll 8
-    for (int s = 0; s < num_splits; ++s)
-      a += acc[static_cast<int64_t>(s) * p.head_dim + d] * weight[s];
-    dst[d] = __float2bfloat16_rn(sum > 0.0f ? a / sum : 0.0f);
   }
 }
 
