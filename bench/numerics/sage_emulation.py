@@ -11,10 +11,16 @@ over windows cut as `sagellm perplexity --ctx N --chunks W` cuts them (BOS + N -
 Each --config is a JSON object of changes to the defaults (the specification with fp8 P.V):
   k:     "page" (the specification: one INT8 scale per page and KV head), "token" (one per key),
          "exact" (fp32 Q.K^T, nothing quantized)
-  p:     "fp8" (FP8 e4m3 of 448 P), "fp16", "f32"
+  p:     "fp8" (FP8 e4m3 of 448 P), "fp16", "f32", "u8" (int8 mode: UINT8 of 255 P against
+         each row's own page max, times INT8 V with one scale per channel per page, whatever "v"
+         says; the page is scaled by exp2(page max - running max))
   v:     "fp8" (FP8 e4m3, one bf16 scale per channel per page), "int8" (INT8, one scale per
          channel per page, max |v| / 127), "fp16", "f32"
   cache: "f32" or "bf16" (K and V rounded to bf16 before anything else)
+  sink_pages: N computes the first N pages exactly (fp32 Q.K^T, fp16 P, bf16 V); with
+         sink "qk" or "pv" only that product
+  v_mean: true subtracts each page's per-channel V mean before rounding V and adds
+         rowsum(P) * mean back (exact, since the row sum is taken over the same rounded P)
 Example (passkey-4k's held-out essays, as in BENCHMARKS.md):
   python3 bench/numerics/sage_emulation.py --model ../shared/models/passkey-4k --text held.txt \\
       --ctx 4096 --windows 4 --config '{"k": "page", "p": "fp8", "v": "fp8"}'
@@ -32,7 +38,8 @@ from transformers import AttentionInterface, AutoModelForCausalLM
 
 LOG2E = 1.4426950408889634
 PAGE = 64
-DEFAULTS = {"k": "page", "p": "fp8", "v": "fp8", "cache": "f32"}  # the specification, fp8 P.V
+DEFAULTS = {"k": "page", "p": "fp8", "v": "fp8", "cache": "f32", "v_mean": False,
+            "sink_pages": 0, "sink": "all"}  # the specification, fp8 P.V
 CFG = dict(DEFAULTS)
 
 
@@ -63,7 +70,8 @@ def attend_kv_head(q, k, v, scaling):
     rows = torch.arange(seq)
     for p0 in range(0, seq, PAGE):
         kp, vp = k[p0:p0 + PAGE], v[p0:p0 + PAGE]
-        if CFG["k"] == "exact":
+        sink = p0 < CFG["sink_pages"] * PAGE
+        if CFG["k"] == "exact" or (sink and CFG["sink"] in ("all", "qk")):
             s = (qp @ kp.T)
         else:
             mean = kp.mean(0)
@@ -83,8 +91,32 @@ def attend_kv_head(q, k, v, scaling):
         alpha = torch.where(m > -math.inf, torch.exp2(m - ref), torch.zeros_like(m))
         alpha = torch.where(live, alpha, torch.ones_like(m))
         prob = torch.where(visible[None], torch.exp2(s - ref[..., None]), 0.0)
-        p = {"fp8": lambda x: fp8(x * 448), "fp16": lambda x: x.half().float(),
-             "f32": lambda x: x}[CFG["p"]](prob)
+        p = {"fp8": lambda x: fp8(x * 448) / 448, "fp16": lambda x: x.half().float(),
+             "f32": lambda x: x, "u8": lambda x: x}[CFG["p"]](prob)
+        if CFG["p"] == "u8":
+            # P as UINT8 against each row's own page max (255 there), V as INT8 per channel:
+            # an integer product, scaled back by exp2(page max - running max) / 255.
+            pmax = s.amax(-1)
+            pref = torch.where(pmax > -math.inf, pmax, torch.zeros_like(pmax))
+            codes_p = torch.where(visible[None],
+                                  torch.round(torch.exp2(s - pref[..., None]) * 255), 0.0)
+            beta = torch.where(pmax > -math.inf, torch.exp2(pref - ref),
+                               torch.zeros_like(pref)) / 255
+            v_scale = (vp.abs().amax(0) / 127).bfloat16().float()
+            partial = (codes_p @ int8_codes(vp, v_scale)) * v_scale * beta[..., None]
+            acc = acc * alpha[..., None] + partial
+            l = l * alpha + codes_p.sum(-1) * beta
+            m = m_new
+            continue
+        if sink and CFG["sink"] in ("all", "pv"):
+            p = prob.half().float()
+            partial = p @ vp.bfloat16().float()
+            acc = acc * alpha[..., None] + partial
+            l = l * alpha + p.sum(-1)
+            m = m_new
+            continue
+        v_mean = vp.mean(0) if CFG["v_mean"] else torch.zeros(dim)
+        vp = vp - v_mean
         if CFG["v"] == "fp8":
             v_scale = (vp.abs().amax(0) / 448).bfloat16().float()
             safe = torch.where(v_scale > 0, v_scale, torch.ones_like(v_scale))
@@ -95,6 +127,7 @@ def attend_kv_head(q, k, v, scaling):
             partial = (p @ int8_codes(vp, v_scale)) * v_scale
         else:
             partial = p @ (vp.half().float() if CFG["v"] == "fp16" else vp)
+        partial = partial + p.sum(-1, keepdim=True) * v_mean
         acc = acc * alpha[..., None] + partial
         l = l * alpha + p.sum(-1)
         m = m_new

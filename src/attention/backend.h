@@ -34,7 +34,8 @@ struct AttentionBatch {
 };
 
 struct AttentionOptions {
-  std::string sage_pv_dtype = "fp8";  // sage_attn: "fp8" or "fp16" for P and V in the P.V product
+  // sage_attn: "fp8", "int8" or "fp16" for P and V in the P.V product (sage_numerics.h).
+  std::string sage_pv_dtype = "fp8";
 };
 
 class AttentionBackend {
@@ -43,6 +44,8 @@ class AttentionBackend {
   virtual std::string_view name() const = 0;
   // The cache dtype `--kv-cache-dtype auto` resolves to for this backend.
   virtual KVCacheDType default_kv_cache_dtype() const = 0;
+  // How an 8-bit cache used with this backend encodes V (its P.V product reads the codes).
+  virtual KVValueCodes kv_value_codes() const { return KVValueCodes::kFp8E4M3; }
   // q: [total_q][num_heads * head_dim] rows in batch order; out: same shape.
   virtual void forward(const AttentionShape& shape, const AttentionBatch& batch,
                        const PagedKVCache& cache, int layer, const float* q, float* out) const = 0;

@@ -55,6 +55,8 @@ class CudaAttention {
                                          KVCacheDType dtype) const = 0;
   // The cache storage `--kv-cache-dtype auto` means for this backend on the GPU.
   virtual KVCacheDType default_kv_cache_dtype() const { return KVCacheDType::kFloat; }
+  // How an 8-bit cache this backend reads encodes V (page_quant.h).
+  virtual KVValueCodes kv_value_codes() const { return KVValueCodes::kFp8E4M3; }
   // Validates the batch (throws sagellm::Error) and enqueues its metadata on `stream`.
   virtual void plan(const AttentionShape& shape, const AttentionBatch& batch,
                     const CudaKVCacheView& kv, CUstream_st* stream) = 0;

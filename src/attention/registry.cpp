@@ -36,8 +36,10 @@ std::vector<std::string> attention_backend_names() {
 std::unique_ptr<AttentionBackend> make_attention_backend(std::string_view name,
                                                          const AttentionOptions& options) {
   // Checked for every backend so that a typo is reported even where the option is unused.
-  SAGELLM_CHECK(options.sage_pv_dtype == "fp8" || options.sage_pv_dtype == "fp16",
-                "unknown --sage-pv-dtype '{}' (choose one of: fp8, fp16)", options.sage_pv_dtype);
+  SAGELLM_CHECK(options.sage_pv_dtype == "fp8" || options.sage_pv_dtype == "int8" ||
+                    options.sage_pv_dtype == "fp16",
+                "unknown --sage-pv-dtype '{}' (choose one of: fp8, int8, fp16)",
+                options.sage_pv_dtype);
   for (const BackendEntry& e : kBackends) {
     if (e.name == name) return e.make(options);
   }

@@ -357,7 +357,7 @@ Action add_bench_attention(CLI::App& root) {
   app->add_option("--backend", a.backend, "Attention backend: flash | sage_attn")
       ->capture_default_str();
   app->add_option("--sage-pv-dtype", a.attention_options.sage_pv_dtype,
-                  "sage_attn precision of the P.V product: fp8 | fp16")
+                  "sage_attn precision of the P.V product: fp8 | int8 | fp16")
       ->capture_default_str();
   app->add_option("--device", a.device, "cpu | cuda")->capture_default_str();
   app->add_option("--batch", a.batch, "Requests")

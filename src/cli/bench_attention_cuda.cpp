@@ -223,6 +223,7 @@ AttentionTiming time_sage_cuda(const AttentionBenchProblem& p, const AttentionOp
       qp.num_kv_heads = kvh;
       qp.head_dim = hd;
       qp.head_dim_padded = dp;
+      qp.v_int8 = attention->kv_value_codes() == KVValueCodes::kInt8;
       sage_quantize_pages_cuda(qp, nullptr);
       SAGELLM_CUDA_CHECK(cudaDeviceSynchronize());
     }

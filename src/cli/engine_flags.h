@@ -14,7 +14,7 @@ inline void add_engine_flags(CLI::App& app, EngineOptions& o) {
   app.add_option("--attention-backend", o.attention_backend, "Attention backend: flash | sage_attn")
       ->capture_default_str();
   app.add_option("--sage-pv-dtype", o.attention_options.sage_pv_dtype,
-                 "sage_attn precision of the P.V product: fp8 | fp16")
+                 "sage_attn precision of the P.V product: fp8 | int8 | fp16")
       ->capture_default_str();
   app.add_option(
          "--kv-cache-dtype", o.kv_cache_dtype,

@@ -103,7 +103,7 @@ Action add_validate(CLI::App& root) {
       ->required();
   app->add_option("--device", o.engine.device, "Execution device")->capture_default_str();
   app->add_option("--sage-pv-dtype", o.engine.attention_options.sage_pv_dtype,
-                  "sage_attn precision of the P.V product: fp8 | fp16")
+                  "sage_attn precision of the P.V product: fp8 | int8 | fp16")
       ->capture_default_str();
   app->add_option("--load-format", o.engine.load_format,
                   "auto (safetensors) | dummy (seeded random weights: speed and memory only)")

@@ -63,7 +63,7 @@ class CpuRunner final : public ModelRunner {
       ranks_.push_back(std::make_unique<Rank>(
           Rank{LlamaModel::from_weights(*weights, shard),
                PagedKVCache(cpu_cache_shape(o, config_, shard.kv_heads, dtype, context_length),
-                            dtype)}));
+                            dtype, backend.kv_value_codes())}));
     }
     if (size > 1) {
       group_ = std::make_unique<HostGroup>(size);

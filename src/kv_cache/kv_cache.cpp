@@ -43,8 +43,8 @@ void validate_kv_cache_shape(const KVCacheShape& shape) {
                 shape.num_pages);
 }
 
-PagedKVCache::PagedKVCache(const KVCacheShape& shape, KVCacheDType dtype)
-    : shape_(shape), dtype_(dtype), pages_(std::max(shape.num_pages, 1)) {
+PagedKVCache::PagedKVCache(const KVCacheShape& shape, KVCacheDType dtype, KVValueCodes v_codes)
+    : shape_(shape), dtype_(dtype), v_codes_(v_codes), pages_(std::max(shape.num_pages, 1)) {
   validate_kv_cache_shape(shape);
   SAGELLM_CHECK(dtype == KVCacheDType::kFloat || dtype == KVCacheDType::kInt8,
                 "invalid KV cache dtype");
@@ -121,7 +121,7 @@ void PagedKVCache::write(int layer, int page, int slot, const float* k, const fl
       quantize_k_page(&k_[hi * page_elems], shape_.page_size, shape_.page_size, hd,
                       &kq_[hi * page_elems], &k_mean_[hi * hd], &k_scale_[hi]);
       quantize_v_page(&v_[hi * page_elems], shape_.page_size, shape_.page_size, hd,
-                      &vq_[hi * page_elems], &v_scale_[hi * hd]);
+                      &vq_[hi * page_elems], &v_scale_[hi * hd], v_codes_);
     }
     sealed_[static_cast<size_t>(layer) * shape_.num_pages + page] = 1;
   }
@@ -154,6 +154,7 @@ QuantizedKVPageView PagedKVCache::quantized(int layer, int page, int kv_head) co
   view.k_scale = k_scale_[hi];
   view.v = &vq_[hi * page_elems];
   view.v_scale = &v_scale_[hi * shape_.head_dim];
+  view.v_codes = v_codes_;
   return view;
 }
 
@@ -161,7 +162,7 @@ size_t PagedKVCache::bytes_per_token() const {
   const size_t heads = static_cast<size_t>(shape_.num_layers) * shape_.num_kv_heads;
   const size_t hd = static_cast<size_t>(shape_.head_dim);
   if (dtype_ == KVCacheDType::kFloat) return heads * 2 * hd * 2;  // K and V in bf16
-  // K int8 and V fp8 codes, plus per page and head: K mean (fp32 per channel), K scale (fp32),
+  // K int8 and V 8-bit codes, plus per page and head: K mean (fp32 per channel), K scale (fp32),
   // V scales (bf16 per channel), spread over the page's tokens (rounded up).
   const size_t page_bytes =
       heads * (2 * hd * static_cast<size_t>(shape_.page_size) + hd * 4 + 4 + hd * 2);

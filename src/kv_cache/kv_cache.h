@@ -5,8 +5,9 @@
 // - kFloat: K and V kept as float32 (the exact baseline; the GPU path stores bf16).
 // - kInt8 (SageAttention's 8-bit cache): a page that fills up is sealed: per KV head its K is
 //   stored INT8 after subtracting the page's per-channel mean (one scale per page and head) and its
-//   V as FP8 e4m3 with one scale per channel; the last, partly filled page of a request stays in
-//   bf16 (rounded floats here) until it fills.
+//   V with one scale per channel, as FP8 e4m3 or INT8 codes (KVValueCodes, chosen by the attention
+//   backend: INT8 P.V needs INT8 V); the last, partly filled page of a request stays in bf16
+//   (rounded floats here) until it fills.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "kv_cache/page_allocator.h"
+#include "kv_cache/page_quant.h"
 
 namespace sagellm {
 
@@ -38,16 +40,19 @@ struct QuantizedKVPageView {
   const int8_t* k = nullptr;      // [page_size][head_dim], (k - k_mean) / k_scale rounded
   const float* k_mean = nullptr;  // [head_dim]
   float k_scale = 0.0f;
-  const uint8_t* v = nullptr;      // [page_size][head_dim], FP8 e4m3 codes of v / v_scale
+  const uint8_t* v = nullptr;      // [page_size][head_dim], codes of v / v_scale (v_codes)
   const float* v_scale = nullptr;  // [head_dim]
+  KVValueCodes v_codes = KVValueCodes::kFp8E4M3;
 };
 
 class PagedKVCache {
  public:
-  PagedKVCache(const KVCacheShape& shape, KVCacheDType dtype);
+  PagedKVCache(const KVCacheShape& shape, KVCacheDType dtype,
+               KVValueCodes v_codes = KVValueCodes::kFp8E4M3);
 
   const KVCacheShape& shape() const { return shape_; }
   KVCacheDType dtype() const { return dtype_; }
+  KVValueCodes v_codes() const { return v_codes_; }
 
   // Page allocator. allocate() returns nullopt when every page is in use.
   std::optional<int> allocate();
@@ -72,6 +77,7 @@ class PagedKVCache {
  private:
   KVCacheShape shape_;
   KVCacheDType dtype_;
+  KVValueCodes v_codes_;
   PageAllocator pages_;
   std::vector<float> k_, v_;     // [layer][page][kv_head][slot][dim]
   std::vector<int8_t> kq_;       // kInt8: [layer][page][kv_head][slot][dim]

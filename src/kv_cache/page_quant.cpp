@@ -36,21 +36,36 @@ void quantize_k_page(const float* k, int n, int page_size, int head_dim, int8_t*
               static_cast<size_t>(page_size - n) * head_dim);
 }
 
+std::string_view kv_value_codes_name(KVValueCodes c) {
+  return c == KVValueCodes::kInt8 ? "int8" : "fp8_e4m3";
+}
+
 void quantize_v_page(const float* v, int n, int page_size, int head_dim, uint8_t* codes,
-                     float* scale) {
+                     float* scale, KVValueCodes encoding) {
+  const bool int8 = encoding == KVValueCodes::kInt8;
+  const float code_max = int8 ? kInt8Max : kFp8E4M3Max;
   for (int d = 0; d < head_dim; ++d) {
     float max_abs = 0.0f;
     for (int j = 0; j < n; ++j) max_abs = std::max(max_abs, std::fabs(v[j * head_dim + d]));
-    scale[d] = round_to_bf16(max_abs / kFp8E4M3Max);
+    scale[d] = round_to_bf16(max_abs / code_max);
   }
   for (int j = 0; j < n; ++j) {
     for (int d = 0; d < head_dim; ++d) {
-      codes[j * head_dim + d] =
-          scale[d] > 0.0f ? float_to_fp8_e4m3(v[j * head_dim + d] / scale[d]) : uint8_t{0};
+      const float x = v[j * head_dim + d];
+      if (int8) {
+        codes[j * head_dim + d] = static_cast<uint8_t>(quantize_int8(x, scale[d]));
+      } else {
+        codes[j * head_dim + d] = scale[d] > 0.0f ? float_to_fp8_e4m3(x / scale[d]) : uint8_t{0};
+      }
     }
   }
   std::memset(codes + static_cast<size_t>(n) * head_dim, 0,
               static_cast<size_t>(page_size - n) * head_dim);
+}
+
+float v_code_value(uint8_t code, KVValueCodes encoding) {
+  return encoding == KVValueCodes::kInt8 ? static_cast<float>(static_cast<int8_t>(code))
+                                         : fp8_e4m3_to_float(code);
 }
 
 }  // namespace sagellm

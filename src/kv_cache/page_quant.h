@@ -10,25 +10,40 @@
 //   code     = clamp(round_half_away(k'[j][d] / scale), -127, 127)             (0 when scale == 0)
 //   so k ~= code * scale + mean[d]. The mean takes the per-channel offsets (the outliers of K) out
 //   before the one per-page scale is chosen, and the attention kernel adds q . mean back exactly.
-// V (per channel d):
+// V (per channel d), in one of two encodings (KVValueCodes, a property of the cache):
+// kFp8E4M3 (for FP8 and FP16 P.V):
 //   scale[d] = bf16(max over j of |v[j][d]| / 448)   (0 when all are 0; rounded to nearest-even
 //              bf16, the cache stores it in 2 bytes: the channel's maximum may then be up to 2^-8
 //              past 448 and saturates to 448)
 //   code     = fp8_e4m3_satfinite(v[j][d] / scale[d])   (+0 when scale[d] == 0)
 //   so v ~= fp8_value(code) * scale[d].
+// kInt8 (for INT8 P.V):
+//   scale[d] = bf16(max over j of |v[j][d]| / 127)   (0 when all are 0)
+//   code     = clamp(round_half_away(v[j][d] / scale[d]), -127, 127)  (stored as its byte)
+//   so v ~= code * scale[d]. Same bytes as FP8, but 7 bits of uniform precision across the
+//   channel's range instead of 3 mantissa bits: on passkey-4k the V rounding alone costs 18x less
+//   mean KL divergence (BENCHMARKS.md, bench/numerics/sage_emulation.py).
 // Rows j >= n are not read and their codes are set to 0, so a partly filled page quantizes only
 // its valid tokens and stale slots never matter.
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 namespace sagellm {
+
+enum class KVValueCodes { kFp8E4M3, kInt8 };
+
+std::string_view kv_value_codes_name(KVValueCodes c);
 
 // k: [n][head_dim] contiguous; codes: [page_size][head_dim]; mean: [head_dim].
 void quantize_k_page(const float* k, int n, int page_size, int head_dim, int8_t* codes, float* mean,
                      float* scale);
 // v: [n][head_dim] contiguous; codes: [page_size][head_dim]; scale: [head_dim].
 void quantize_v_page(const float* v, int n, int page_size, int head_dim, uint8_t* codes,
-                     float* scale);
+                     float* scale, KVValueCodes encoding = KVValueCodes::kFp8E4M3);
+
+// The value a stored V code stands for, before its channel scale.
+float v_code_value(uint8_t code, KVValueCodes encoding);
 
 }  // namespace sagellm

@@ -503,6 +503,7 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
       qp.num_kv_heads = nkv;
       qp.head_dim = d;
       qp.head_dim_padded = cache.head_dim_padded();
+      qp.v_int8 = attention.kv_value_codes() == KVValueCodes::kInt8;
       sage_cuda::sage_quantize_pages_cuda(qp, s);
     }
     if (seal || timed) gpu::kv_cache_write(kw, s);

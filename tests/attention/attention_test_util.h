@@ -48,8 +48,10 @@ struct Problem {
 };
 
 // With bf16_cache_values the cache receives bf16-rounded K and V (what a kInt8 cache keeps).
+// v_codes: the V encoding of a kInt8 cache's sealed pages.
 inline Problem make_problem(const ProblemSpec& spec, KVCacheDType dtype, int extra_pages = 0,
-                            bool bf16_cache_values = false) {
+                            bool bf16_cache_values = false,
+                            KVValueCodes v_codes = KVValueCodes::kFp8E4M3) {
   Problem p;
   p.spec = spec;
   p.shape = {spec.num_heads, spec.num_kv_heads, spec.head_dim,
@@ -62,7 +64,7 @@ inline Problem make_problem(const ProblemSpec& spec, KVCacheDType dtype, int ext
   cs.head_dim = spec.head_dim;
   cs.page_size = spec.page_size;
   cs.num_pages = std::max(pages, 1);
-  p.cache = std::make_unique<PagedKVCache>(cs, dtype);
+  p.cache = std::make_unique<PagedKVCache>(cs, dtype, v_codes);
 
   std::mt19937_64 rng(spec.seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);

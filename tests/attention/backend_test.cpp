@@ -18,6 +18,7 @@ struct Variant {
   std::string backend;
   std::string pv;
   KVCacheDType dtype;
+  KVValueCodes codes() const { return pv == "int8" ? KVValueCodes::kInt8 : KVValueCodes::kFp8E4M3; }
   std::string label() const {
     return backend + (backend == "sage_attn" ? "/" + pv : "") + "/" +
            std::string(kv_cache_dtype_name(dtype));
@@ -29,6 +30,7 @@ std::vector<Variant> all_variants() {
   for (KVCacheDType dt : {KVCacheDType::kFloat, KVCacheDType::kInt8}) {
     v.push_back({"flash", "fp8", dt});
     v.push_back({"sage_attn", "fp8", dt});
+    v.push_back({"sage_attn", "int8", dt});
     v.push_back({"sage_attn", "fp16", dt});
   }
   return v;
@@ -70,7 +72,7 @@ TEST(AttentionRegistry, NamesDefaultsAndErrors) {
     make_attention_backend("sage_attn", o);
     FAIL() << "no error";
   } catch (const Error& e) {
-    EXPECT_STREQ(e.what(), "unknown --sage-pv-dtype 'bf16' (choose one of: fp8, fp16)");
+    EXPECT_STREQ(e.what(), "unknown --sage-pv-dtype 'bf16' (choose one of: fp8, int8, fp16)");
   }
   EXPECT_THROW(make_sage_backend(o), Error);
   o.sage_pv_dtype = "fp16";
@@ -80,7 +82,7 @@ TEST(AttentionRegistry, NamesDefaultsAndErrors) {
 TEST(AttentionContract, RejectsBatchesThatDoNotFitTheCache) {
   ProblemSpec spec{"small", 4, 2, 64, 16, true, {{10, 40}}};
   for (const Variant& var : all_variants()) {
-    Problem p = make_problem(spec, var.dtype);
+    Problem p = make_problem(spec, var.dtype, 0, false, var.codes());
     auto b = make(var);
     std::vector<float> out(p.q.size());
     auto expect_error = [&](const AttentionShape& sh, const AttentionBatch& batch, int layer) {
@@ -138,7 +140,7 @@ TEST(AttentionContract, FlashCausalMaskIsAlignedBottomRight) {
 TEST(AttentionContract, SlotsPastKvLenAreNeverRead) {
   ProblemSpec spec{"tail", 8, 2, 64, 16, true, {{30, 70}, {1, 41}}, 2.0f, 1.0f, 9};
   for (const Variant& var : all_variants()) {
-    Problem p = make_problem(spec, var.dtype);
+    Problem p = make_problem(spec, var.dtype, 0, false, var.codes());
     auto b = make(var);
     const std::vector<float> clean = run_backend(*b, p);
     std::vector<float> junk(static_cast<size_t>(spec.num_kv_heads) * spec.head_dim);
@@ -160,7 +162,7 @@ TEST(AttentionContract, SlotsPastKvLenAreNeverRead) {
 // Per-request numerics never depend on the rest of the batch.
 TEST(AttentionContract, RequestAloneEqualsRequestInsideVarlenBatch) {
   for (const Variant& var : all_variants()) {
-    const Problem p = make_problem(varlen_spec(), var.dtype);
+    const Problem p = make_problem(varlen_spec(), var.dtype, 0, false, var.codes());
     auto b = make(var);
     const std::vector<float> batched = run_backend(*b, p);
     const size_t row = static_cast<size_t>(p.spec.num_heads) * p.spec.head_dim;
@@ -181,7 +183,7 @@ TEST(AttentionContract, RequestAloneEqualsRequestInsideVarlenBatch) {
 TEST(AttentionContract, BitwiseDeterministicAcrossRunsAndThreadCounts) {
   const int saved = omp_get_max_threads();
   for (const Variant& var : all_variants()) {
-    const Problem p = make_problem(varlen_spec(), var.dtype);
+    const Problem p = make_problem(varlen_spec(), var.dtype, 0, false, var.codes());
     auto b = make(var);
     omp_set_num_threads(2);
     const std::vector<float> first = run_backend(*b, p);
@@ -199,21 +201,46 @@ TEST(AttentionContract, BitwiseDeterministicAcrossRunsAndThreadCounts) {
 }
 
 // A sealed page of the 8-bit cache and the same bf16 values quantized on the fly from a float
-// cache are the same numbers (fp8 P.V reads V codes in both cases).
+// cache are the same numbers (fp8 and int8 P.V read V codes in both cases).
 TEST(AttentionContract, SageSealedPagesEqualOnTheFlyQuantization) {
   ProblemSpec spec = varlen_spec();
-  const Problem sealed = make_problem(spec, KVCacheDType::kInt8);
-  const Problem on_the_fly = make_problem(spec, KVCacheDType::kFloat, 0, /*bf16=*/true);
-  auto sage = make_attention_backend("sage_attn");
-  const std::vector<float> a = run_backend(*sage, sealed);
-  const std::vector<float> b = run_backend(*sage, on_the_fly);
-  EXPECT_TRUE(bitwise_equal(a.data(), b.data(), a.size()));
+  for (const char* pv : {"fp8", "int8"}) {
+    const KVValueCodes codes =
+        std::string(pv) == "int8" ? KVValueCodes::kInt8 : KVValueCodes::kFp8E4M3;
+    const Problem sealed = make_problem(spec, KVCacheDType::kInt8, 0, false, codes);
+    const Problem on_the_fly = make_problem(spec, KVCacheDType::kFloat, 0, /*bf16=*/true);
+    AttentionOptions o;
+    o.sage_pv_dtype = pv;
+    auto sage = make_attention_backend("sage_attn", o);
+    EXPECT_EQ(sage->kv_value_codes(), codes) << pv;
+    const std::vector<float> a = run_backend(*sage, sealed);
+    const std::vector<float> b = run_backend(*sage, on_the_fly);
+    EXPECT_TRUE(bitwise_equal(a.data(), b.data(), a.size())) << pv;
+  }
+}
+
+// A cache whose sealed pages hold V in the other encoding is refused, not misread.
+TEST(AttentionContract, SageRefusesACacheWithTheOtherValueCodes) {
+  ProblemSpec spec = varlen_spec();
+  const Problem fp8_pages = make_problem(spec, KVCacheDType::kInt8);
+  AttentionOptions o;
+  o.sage_pv_dtype = "int8";
+  auto sage = make_attention_backend("sage_attn", o);
+  std::vector<float> out(fp8_pages.q.size());
+  try {
+    sage->forward(fp8_pages.shape, fp8_pages.batch, *fp8_pages.cache, 0, fp8_pages.q.data(),
+                  out.data());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("stores V as fp8_e4m3 codes"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(AttentionContract, EmptyBatchAndRequestsWithoutNewTokensTouchNothing) {
   ProblemSpec spec{"empty", 4, 2, 64, 16, true, {{0, 40}, {0, 0}}};
   for (const Variant& var : all_variants()) {
-    const Problem p = make_problem(spec, var.dtype);
+    const Problem p = make_problem(spec, var.dtype, 0, false, var.codes());
     auto b = make(var);
     float sentinel = 42.0f;
     b->forward(p.shape, p.batch, *p.cache, 0, nullptr, &sentinel);

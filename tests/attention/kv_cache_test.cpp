@@ -179,6 +179,41 @@ TEST(KVCache, SealedPageReconstructsKAndVWithinTheirQuantizationSteps) {
   EXPECT_LT(v_err / v_ref, 0.03);
 }
 
+// INT8 V codes (int8 P.V): one scale per channel, max |v| / 127 rounded to bf16; every value within
+// half a step, the channel's maximum at +-127 (or one step less where the bf16 scale rounded up).
+TEST(KVCache, Int8ValueCodesReconstructVWithinHalfAStep) {
+  const int page_size = 64, hd = 64;
+  PagedKVCache cache(small_shape(4, page_size, hd), KVCacheDType::kInt8, KVValueCodes::kInt8);
+  EXPECT_EQ(cache.v_codes(), KVValueCodes::kInt8);
+  auto [k, v] = fill_page(cache, 0, 2, page_size, 33);
+  ASSERT_TRUE(cache.is_sealed(0, 2));
+  double err = 0.0, ref = 0.0;
+  for (int h = 0; h < 2; ++h) {
+    const QuantizedKVPageView q = cache.quantized(0, 2, h);
+    EXPECT_EQ(q.v_codes, KVValueCodes::kInt8);
+    for (int d = 0; d < hd; ++d) {
+      float vmax = 0.0f;
+      int cmax = 0;
+      for (int t = 0; t < page_size; ++t) {
+        const float vb = round_to_bf16(v[(t * 2 + h) * hd + d]);
+        vmax = std::max(vmax, std::fabs(vb));
+        const int code = static_cast<int8_t>(q.v[t * hd + d]);
+        cmax = std::max(cmax, std::abs(code));
+        EXPECT_EQ(v_code_value(q.v[t * hd + d], KVValueCodes::kInt8), static_cast<float>(code));
+        const float v_hat = static_cast<float>(code) * q.v_scale[d];
+        ASSERT_LE(std::fabs(vb - v_hat), 0.5f * q.v_scale[d] * 1.0001f + 1e-7f) << t << " " << d;
+        err += std::fabs(vb - v_hat);
+        ref += std::fabs(vb);
+      }
+      EXPECT_EQ(q.v_scale[d], round_to_bf16(vmax / 127.0f));
+      EXPECT_GE(cmax, 126);
+      EXPECT_LE(cmax, 127);
+    }
+  }
+  std::printf("[kv-cache] INT8 V reconstruction: rel-L1 %.3e\n", err / ref);
+  EXPECT_LT(err / ref, 0.01);
+}
+
 TEST(KVCache, SealingUsesTheSharedPageQuantizer) {
   const int page_size = 16, hd = 64;
   PagedKVCache cache(small_shape(2, page_size, hd), KVCacheDType::kInt8);

@@ -1,9 +1,10 @@
 // The `sage_attn` CUDA kernels (through the backend's CudaAttention, as the engine drives them)
 // against the CPU twin on the same inputs and against exact fp64 attention: bf16 caches (every
 // page quantized on the fly) and 8-bit caches (sealed pages built by the CPU cache's own sealing,
-// the bf16 tail page quantized on the fly), fp8 and fp16 P.V, head dims 64/128 and padded ones,
-// GQA, causal and not, q_len != kv_len, decode with split-KV; the GPU page quantization is bitwise
-// the CPU's; 10 reruns are bitwise equal and a request's output does not depend on its batch.
+// the bf16 tail page quantized on the fly), fp8, int8 and fp16 P.V, head dims 64/128 and padded
+// ones, GQA, causal and not, q_len != kv_len, decode with split-KV; the GPU page quantization
+// (FP8 and INT8 V codes) is bitwise the CPU's; 10 reruns are bitwise equal and a request's output
+// does not depend on its batch.
 #include "attention/sage/sage_cuda.h"
 
 #include <gtest/gtest.h>
@@ -32,20 +33,25 @@ using sage_cuda::sage_page_block_bytes;
 bool fp8_available() { return sage_cuda::sage_fp8_pv_available(); }
 
 std::vector<std::string> pv_modes() {
-  std::vector<std::string> m = {"fp16"};
+  std::vector<std::string> m = {"fp16", "int8"};
   if (fp8_available()) m.push_back("fp8");
   return m;
 }
 
+KVValueCodes codes_of(const std::string& pv) {
+  return pv == "int8" ? KVValueCodes::kInt8 : KVValueCodes::kFp8E4M3;
+}
+
 // The CPU twin of sage_attn on the same bf16 values, over a float or an 8-bit cache.
-PagedKVCache cpu_cache(const Problem& p, KVCacheDType dtype) {
+PagedKVCache cpu_cache(const Problem& p, KVCacheDType dtype,
+                       KVValueCodes codes = KVValueCodes::kFp8E4M3) {
   KVCacheShape cs;
   cs.num_layers = 1;
   cs.num_kv_heads = p.spec.num_kv_heads;
   cs.head_dim = p.spec.head_dim;
   cs.page_size = p.spec.page_size;
   cs.num_pages = p.num_pages;
-  PagedKVCache cache(cs, dtype);
+  PagedKVCache cache(cs, dtype, codes);
   const int width = p.spec.num_kv_heads * p.spec.head_dim;
   for (size_t r = 0; r < p.batch.seqs.size(); ++r) {
     const AttentionSeq& seq = p.batch.seqs[r];
@@ -222,16 +228,18 @@ bool fp8_with_splits(const Problem& p, const std::string& pv) {
   }
   return false;
 }
-// Against fp64 (measured by the CPU twin: fp16 P.V <= 0.013 on a float cache; an 8-bit V or
-// fp8 P adds ~0.02 each).
+// Against fp64 (measured by the CPU twin: fp16 P.V <= 0.013 on a float cache; an FP8 V or fp8 P
+// adds ~0.02 each; int8 P.V, which rounds P against each page's own maximum, the same reference
+// in every split, <= 0.017 on either cache).
 double max_vs_fp64(const std::string& pv, KVCacheDType dtype) {
+  if (pv == "int8") return 0.022;
   if (pv == "fp16" && dtype == KVCacheDType::kFloat) return 0.016;
   return pv == "fp16" ? 0.03 : 0.045;
 }
 
 void check(const Spec& spec, const std::string& pv, KVCacheDType dtype) {
   const Problem p = make_problem(spec);
-  const PagedKVCache cache = cpu_cache(p, dtype);
+  const PagedKVCache cache = cpu_cache(p, dtype, codes_of(pv));
   Int8Layer l;
   if (dtype == KVCacheDType::kInt8) l = build_int8_layer(p, cache);
   const std::vector<uint16_t> gpu = run_sage_gpu(p, p.batch, pv, dtype, &l);
@@ -309,114 +317,119 @@ TEST(SageCuda, PaddedHeadDimsGqaAndKOffsets) {
 
 TEST(SageCuda, LongDecodeSplits) {
   SKIP_WITHOUT_GPU();
-  const std::string pv = fp8_available() ? "fp8" : "fp16";
-  check({"decode", 32, 8, 128, kSagePageSize, true, {{1, 20000}, {1, 63}, {2, 4097}}, 0.0f, 300},
-        pv, KVCacheDType::kInt8);
+  for (const std::string& pv : pv_modes()) {
+    check({"decode", 32, 8, 128, kSagePageSize, true, {{1, 20000}, {1, 63}, {2, 4097}}, 0.0f, 300},
+          pv, KVCacheDType::kInt8);
+  }
 }
 
 // The GPU page quantization equals the CPU cache's sealing bit for bit.
 TEST(SageCuda, PageQuantizationBitwiseEqualsCpu) {
   SKIP_WITHOUT_GPU();
-  for (int hd : {64, 128, 40}) {
-    const Problem p =
-        make_problem({"quant", 4, 2, hd, kSagePageSize, true, {{1, 64 * 5 + 17}}, 3.0f, 400u + hd});
-    const PagedKVCache cache = cpu_cache(p, KVCacheDType::kInt8);
-    const int kvh = p.spec.num_kv_heads, dp = sage_cuda::sage_padded_head_dim(hd);
-    const int64_t block = sage_page_block_bytes(dp);
-    const AttentionSeq& seq = p.batch.seqs[0];
-    const int pages = (seq.kv_len + kSagePageSize - 1) / kSagePageSize;
-    std::vector<sage_cuda::SageQuantJob> jobs;
-    for (int pi = 0; pi < pages; ++pi) {
-      sage_cuda::SageQuantJob j;
-      // Old tokens from the pool, the rest from "new rows" (the same values, read row-wise).
-      const int n = std::min(kSagePageSize, seq.kv_len - pi * kSagePageSize);
-      j.src_page = seq.pages[static_cast<size_t>(pi)];
-      j.n_old = n / 3;
-      j.first_new_row = pi * kSagePageSize + j.n_old;
-      j.n_new = n - j.n_old;
-      j.dst = pi;
-      jobs.push_back(j);
-    }
-    std::vector<uint16_t> k_rows(p.k[0].size()), v_rows(p.v[0].size());
-    for (size_t i = 0; i < k_rows.size(); ++i) {
-      k_rows[i] = float_to_bf16(p.k[0][i]);
-      v_rows[i] = float_to_bf16(p.v[0][i]);
-    }
-    auto jobs_dev = DeviceBuffer<int32_t>::from_host(
-        std::vector<int32_t>(reinterpret_cast<const int32_t*>(jobs.data()),
-                             reinterpret_cast<const int32_t*>(jobs.data()) + jobs.size() * 5));
-    auto k_pool = DeviceBuffer<uint16_t>::from_host(p.k_pool);
-    auto v_pool = DeviceBuffer<uint16_t>::from_host(p.v_pool);
-    auto k_new = DeviceBuffer<uint16_t>::from_host(k_rows);
-    auto v_new = DeviceBuffer<uint16_t>::from_host(v_rows);
-    DeviceBuffer<uint8_t> dst(static_cast<size_t>(pages) * kvh * block);
-    SAGELLM_CUDA_CHECK(cudaMemset(dst.data(), 0xCD, dst.bytes()));
-    sage_cuda::SageQuantParams qp;
-    qp.jobs = reinterpret_cast<const sage_cuda::SageQuantJob*>(jobs_dev.data());
-    qp.num_jobs = pages;
-    qp.k_src = k_pool.data();
-    qp.v_src = v_pool.data();
-    qp.src_head_stride = static_cast<int64_t>(kSagePageSize) * hd;
-    qp.src_page_stride = qp.src_head_stride * kvh;
-    qp.k_new = k_new.data();
-    qp.v_new = v_new.data();
-    qp.k_new_row_stride = qp.v_new_row_stride = static_cast<int64_t>(kvh) * hd;
-    qp.dst8 = dst.data();
-    qp.dst_head_stride = block;
-    qp.dst_page_stride = block * kvh;
-    qp.num_kv_heads = kvh;
-    qp.head_dim = hd;
-    qp.head_dim_padded = dp;
-    sage_cuda::sage_quantize_pages_cuda(qp, nullptr);
-    SAGELLM_CUDA_CHECK(cudaDeviceSynchronize());
-    const std::vector<uint8_t> got = dst.to_host();
-    size_t mismatches = 0;
-    for (int pi = 0; pi < pages; ++pi) {
-      const int page = seq.pages[static_cast<size_t>(pi)];
-      const int n = std::min(kSagePageSize, seq.kv_len - pi * kSagePageSize);
-      for (int h = 0; h < kvh; ++h) {
-        // The CPU reference: the cache's sealing function on the page's tokens.
-        std::vector<float> kt(static_cast<size_t>(n) * hd), vt(kt.size());
-        for (int j = 0; j < n; ++j) {
-          for (int d = 0; d < hd; ++d) {
-            const size_t src = (static_cast<size_t>(pi * kSagePageSize + j) * kvh + h) * hd + d;
-            kt[static_cast<size_t>(j * hd + d)] = p.k[0][src];
-            vt[static_cast<size_t>(j * hd + d)] = p.v[0][src];
-          }
-        }
-        std::vector<int8_t> kc(static_cast<size_t>(kSagePageSize) * hd);
-        std::vector<uint8_t> vc(kc.size());
-        std::vector<float> km(static_cast<size_t>(hd)), vs(static_cast<size_t>(hd));
-        float ks = 0.0f;
-        quantize_k_page(kt.data(), n, kSagePageSize, hd, kc.data(), km.data(), &ks);
-        quantize_v_page(vt.data(), n, kSagePageSize, hd, vc.data(), vs.data());
-        if (cache.is_sealed(0, page)) {
-          const QuantizedKVPageView q = cache.quantized(0, page, h);
-          ASSERT_EQ(0, std::memcmp(q.k, kc.data(), kc.size()));
-          ASSERT_EQ(q.k_scale, ks);
-        }
-        const uint8_t* b = got.data() + (static_cast<size_t>(pi) * kvh + h) * block;
-        for (int j = 0; j < kSagePageSize; ++j) {
-          for (int d = 0; d < dp; ++d) {
-            const int8_t want_k = d < hd ? kc[static_cast<size_t>(j * hd + d)] : int8_t{0};
-            const uint8_t want_v = d < hd ? vc[static_cast<size_t>(j * hd + d)] : uint8_t{0};
-            mismatches += static_cast<int8_t>(b[j * dp + d]) != want_k;
-            mismatches += b[sage_cuda::sage_v_codes_offset(dp) + d * kSagePageSize +
-                            sage_cuda::sage_v_position_of_key(j)] != want_v;
-          }
-        }
-        const float* mean = reinterpret_cast<const float*>(b + sage_cuda::sage_k_mean_offset(dp));
-        const auto* vscale =
-            reinterpret_cast<const uint16_t*>(b + sage_cuda::sage_v_scale_offset(dp));
-        for (int d = 0; d < dp; ++d) {
-          mismatches += mean[d] != (d < hd ? km[static_cast<size_t>(d)] : 0.0f);
-          mismatches += bf16_to_float(vscale[d]) != (d < hd ? vs[static_cast<size_t>(d)] : 0.0f);
-        }
-        mismatches += *reinterpret_cast<const float*>(b + sage_cuda::sage_k_scale_offset(dp)) != ks;
+  for (const KVValueCodes codes : {KVValueCodes::kFp8E4M3, KVValueCodes::kInt8})
+    for (int hd : {64, 128, 40}) {
+      const Problem p = make_problem(
+          {"quant", 4, 2, hd, kSagePageSize, true, {{1, 64 * 5 + 17}}, 3.0f, 400u + hd});
+      const PagedKVCache cache = cpu_cache(p, KVCacheDType::kInt8, codes);
+      const int kvh = p.spec.num_kv_heads, dp = sage_cuda::sage_padded_head_dim(hd);
+      const int64_t block = sage_page_block_bytes(dp);
+      const AttentionSeq& seq = p.batch.seqs[0];
+      const int pages = (seq.kv_len + kSagePageSize - 1) / kSagePageSize;
+      std::vector<sage_cuda::SageQuantJob> jobs;
+      for (int pi = 0; pi < pages; ++pi) {
+        sage_cuda::SageQuantJob j;
+        // Old tokens from the pool, the rest from "new rows" (the same values, read row-wise).
+        const int n = std::min(kSagePageSize, seq.kv_len - pi * kSagePageSize);
+        j.src_page = seq.pages[static_cast<size_t>(pi)];
+        j.n_old = n / 3;
+        j.first_new_row = pi * kSagePageSize + j.n_old;
+        j.n_new = n - j.n_old;
+        j.dst = pi;
+        jobs.push_back(j);
       }
+      std::vector<uint16_t> k_rows(p.k[0].size()), v_rows(p.v[0].size());
+      for (size_t i = 0; i < k_rows.size(); ++i) {
+        k_rows[i] = float_to_bf16(p.k[0][i]);
+        v_rows[i] = float_to_bf16(p.v[0][i]);
+      }
+      auto jobs_dev = DeviceBuffer<int32_t>::from_host(
+          std::vector<int32_t>(reinterpret_cast<const int32_t*>(jobs.data()),
+                               reinterpret_cast<const int32_t*>(jobs.data()) + jobs.size() * 5));
+      auto k_pool = DeviceBuffer<uint16_t>::from_host(p.k_pool);
+      auto v_pool = DeviceBuffer<uint16_t>::from_host(p.v_pool);
+      auto k_new = DeviceBuffer<uint16_t>::from_host(k_rows);
+      auto v_new = DeviceBuffer<uint16_t>::from_host(v_rows);
+      DeviceBuffer<uint8_t> dst(static_cast<size_t>(pages) * kvh * block);
+      SAGELLM_CUDA_CHECK(cudaMemset(dst.data(), 0xCD, dst.bytes()));
+      sage_cuda::SageQuantParams qp;
+      qp.jobs = reinterpret_cast<const sage_cuda::SageQuantJob*>(jobs_dev.data());
+      qp.num_jobs = pages;
+      qp.k_src = k_pool.data();
+      qp.v_src = v_pool.data();
+      qp.src_head_stride = static_cast<int64_t>(kSagePageSize) * hd;
+      qp.src_page_stride = qp.src_head_stride * kvh;
+      qp.k_new = k_new.data();
+      qp.v_new = v_new.data();
+      qp.k_new_row_stride = qp.v_new_row_stride = static_cast<int64_t>(kvh) * hd;
+      qp.dst8 = dst.data();
+      qp.dst_head_stride = block;
+      qp.dst_page_stride = block * kvh;
+      qp.num_kv_heads = kvh;
+      qp.head_dim = hd;
+      qp.head_dim_padded = dp;
+      qp.v_int8 = codes == KVValueCodes::kInt8;
+      sage_cuda::sage_quantize_pages_cuda(qp, nullptr);
+      SAGELLM_CUDA_CHECK(cudaDeviceSynchronize());
+      const std::vector<uint8_t> got = dst.to_host();
+      size_t mismatches = 0;
+      for (int pi = 0; pi < pages; ++pi) {
+        const int page = seq.pages[static_cast<size_t>(pi)];
+        const int n = std::min(kSagePageSize, seq.kv_len - pi * kSagePageSize);
+        for (int h = 0; h < kvh; ++h) {
+          // The CPU reference: the cache's sealing function on the page's tokens.
+          std::vector<float> kt(static_cast<size_t>(n) * hd), vt(kt.size());
+          for (int j = 0; j < n; ++j) {
+            for (int d = 0; d < hd; ++d) {
+              const size_t src = (static_cast<size_t>(pi * kSagePageSize + j) * kvh + h) * hd + d;
+              kt[static_cast<size_t>(j * hd + d)] = p.k[0][src];
+              vt[static_cast<size_t>(j * hd + d)] = p.v[0][src];
+            }
+          }
+          std::vector<int8_t> kc(static_cast<size_t>(kSagePageSize) * hd);
+          std::vector<uint8_t> vc(kc.size());
+          std::vector<float> km(static_cast<size_t>(hd)), vs(static_cast<size_t>(hd));
+          float ks = 0.0f;
+          quantize_k_page(kt.data(), n, kSagePageSize, hd, kc.data(), km.data(), &ks);
+          quantize_v_page(vt.data(), n, kSagePageSize, hd, vc.data(), vs.data(), codes);
+          if (cache.is_sealed(0, page)) {
+            const QuantizedKVPageView q = cache.quantized(0, page, h);
+            ASSERT_EQ(0, std::memcmp(q.k, kc.data(), kc.size()));
+            ASSERT_EQ(0, std::memcmp(q.v, vc.data(), vc.size()));
+            ASSERT_EQ(q.k_scale, ks);
+          }
+          const uint8_t* b = got.data() + (static_cast<size_t>(pi) * kvh + h) * block;
+          for (int j = 0; j < kSagePageSize; ++j) {
+            for (int d = 0; d < dp; ++d) {
+              const int8_t want_k = d < hd ? kc[static_cast<size_t>(j * hd + d)] : int8_t{0};
+              const uint8_t want_v = d < hd ? vc[static_cast<size_t>(j * hd + d)] : uint8_t{0};
+              mismatches += static_cast<int8_t>(b[j * dp + d]) != want_k;
+              mismatches += b[sage_cuda::sage_v_codes_offset(dp) + d * kSagePageSize +
+                              sage_cuda::sage_v_position_of_key(j)] != want_v;
+            }
+          }
+          const float* mean = reinterpret_cast<const float*>(b + sage_cuda::sage_k_mean_offset(dp));
+          const auto* vscale =
+              reinterpret_cast<const uint16_t*>(b + sage_cuda::sage_v_scale_offset(dp));
+          for (int d = 0; d < dp; ++d) {
+            mismatches += mean[d] != (d < hd ? km[static_cast<size_t>(d)] : 0.0f);
+            mismatches += bf16_to_float(vscale[d]) != (d < hd ? vs[static_cast<size_t>(d)] : 0.0f);
+          }
+          mismatches +=
+              *reinterpret_cast<const float*>(b + sage_cuda::sage_k_scale_offset(dp)) != ks;
+        }
+      }
+      EXPECT_EQ(mismatches, 0u) << "head_dim " << hd << ", V " << kv_value_codes_name(codes);
     }
-    EXPECT_EQ(mismatches, 0u) << "head_dim " << hd;
-  }
 }
 
 TEST(SageCuda, BitwiseReproducibleAndBatchIndependent) {
@@ -473,13 +486,16 @@ TEST(SageCuda, FixedDecodePlanMatchesPlan) {
 
 TEST(SageCudaPlan, RejectsWhatTheKernelsCannotDo) {
   AttentionShape shape{8, 2, 128, 0.088f};
-  EXPECT_NE(sage_cuda::sage_shape_unsupported_reason(shape, 16, false).find("page size"),
+  EXPECT_NE(sage_cuda::sage_shape_unsupported_reason(shape, 16, sage_cuda::SagePv::kFp16)
+                .find("page size"),
             std::string::npos);
   shape.head_dim = 136;
-  EXPECT_NE(sage_cuda::sage_shape_unsupported_reason(shape, 64, false).find("head_dim"),
+  EXPECT_NE(sage_cuda::sage_shape_unsupported_reason(shape, 64, sage_cuda::SagePv::kFp16)
+                .find("head_dim"),
             std::string::npos);
   shape = {8, 3, 128, 0.088f};
-  EXPECT_FALSE(sage_cuda::sage_shape_unsupported_reason(shape, 64, false).empty());
+  EXPECT_FALSE(
+      sage_cuda::sage_shape_unsupported_reason(shape, 64, sage_cuda::SagePv::kFp16).empty());
   shape = {8, 2, 128, 0.088f};
   AttentionBatch batch;
   AttentionSeq s;
@@ -487,7 +503,8 @@ TEST(SageCudaPlan, RejectsWhatTheKernelsCannotDo) {
   s.kv_len = 130;
   s.pages = {0, 1};  // needs 3
   batch.seqs.push_back(s);
-  EXPECT_FALSE(sage_cuda::select_sage_kernel(shape, batch, 64, false).supported());
+  EXPECT_FALSE(
+      sage_cuda::select_sage_kernel(shape, batch, 64, sage_cuda::SagePv::kFp16).supported());
 }
 
 }  // namespace

@@ -10,8 +10,8 @@
 //   exp2). out = acc / l. The relative error against fp64 is ~1e-6 (fp32 rounding).
 // - Masked keys (bottom-right causal mask, and slots past kv_len) contribute nothing.
 // - kInt8 cache: sealed pages are dequantized (k = code * k_scale + k_mean[d],
-//   v = fp8_value(code) * v_scale[d]); the unsealed tail holds bf16-rounded floats and is used as
-//   is. `--kv-cache-dtype auto` gives flash the float cache, so this is only an explicit choice.
+//   v = v_code_value(code) * v_scale[d]); the unsealed tail holds bf16-rounded floats and is used
+//   as is. `--kv-cache-dtype auto` gives flash the float cache, so this is only an explicit choice.
 // Parallelism: OpenMP over work items (cpu_plan.h); each output row is computed by one thread in
 // a fixed order, so results are bitwise independent of the thread count and of the batch.
 #include <omp.h>
@@ -71,7 +71,7 @@ const float* load_page(const PagedKVCache& cache, int layer, int page, int kv_he
       for (int d = 0; d < hd; ++d) {
         w.kt[static_cast<size_t>(d) * w.ps8 + j] =
             static_cast<float>(qv.k[j * hd + d]) * qv.k_scale + qv.k_mean[d];
-        vr[d] = fp8_e4m3_to_float(qv.v[j * hd + d]) * qv.v_scale[d];
+        vr[d] = v_code_value(qv.v[j * hd + d], qv.v_codes) * qv.v_scale[d];
       }
     }
   } else {

@@ -1,5 +1,5 @@
-// sage_attn attention kernels over 8-bit pages, mma.sync (runs on sm_80 with fp16 P.V and on
-// sm_89+/sm_90 with fp8 P.V too). Numerics: sage_numerics.h, step by step.
+// sage_attn attention kernels over 8-bit pages, mma.sync (runs on sm_80 with int8 and fp16 P.V
+// and on sm_89+/sm_90 with fp8 P.V too). Numerics: sage_numerics.h, step by step.
 //
 // One kernel template serves both phases. A CTA holds kWarps x 16 query rows of one KV head; every
 // warp owns 16 rows and all warps walk the same pages:
@@ -13,7 +13,9 @@
 //   S = (Q8 K8^T) * (q_scale * k_scale) + q'.k_mean    (INT8 m16n8k32, int32 accumulation)
 //   one running-max update per page, P = exp2(S - m) (the bottom-right causal mask applied),
 //   P rounded to FP8 (x448) or FP16, partial = P V (FP8 m16n8k32 or FP16 m16n8k16, fp32) per
-//   16-channel slice, acc = acc * alpha + partial * v_scale (two-level accumulation).
+//   16-channel slice, acc = acc * alpha + partial * v_scale (two-level accumulation); in int8
+//   mode P is UINT8 against the row's page max, partial = P V exactly in int32 (u8.s8 m16n8k32),
+//   acc = acc * alpha + partial * (v_scale * beta).
 // The accumulator layout of S equals the A-fragment layout of P because V is stored with its keys
 // permuted (sage_params.h): no shuffles between the two products.
 #pragma once
@@ -29,12 +31,15 @@ namespace sagellm::sage_cuda::sm80 {
 
 using bf16 = __nv_bfloat16;
 
-template <int kDp_, int kWarps_, bool kSplit_, bool kPvFp8_>
+template <int kDp_, int kWarps_, bool kSplit_, SagePv kPv_>
 struct SageTraits {
   static constexpr int kDp = kDp_;
   static constexpr int kWarps = kWarps_;
   static constexpr bool kSplit = kSplit_;
-  static constexpr bool kPvFp8 = kPvFp8_;
+  static constexpr SagePv kPv = kPv_;
+  static constexpr bool kPvFp8 = kPv == SagePv::kFp8;
+  static constexpr bool kPvInt8 = kPv == SagePv::kInt8;
+  static constexpr bool kPvFp16 = kPv == SagePv::kFp16;
   static constexpr int kRows = 16 * kWarps;
   static constexpr int kThreads = 32 * kWarps;
   // The split-KV kernel is one warp per CTA whose page step takes several times a page's load
@@ -46,7 +51,7 @@ struct SageTraits {
   static constexpr int kDT = kDp / 8;
   static constexpr int kKBytes = kSagePageSize * kDp;
   // fp16 mode keeps room for a page whose V is fp16 (a page quantized on the fly).
-  static constexpr int kVBytes = (kPvFp8 ? 1 : 2) * kSagePageSize * kDp;
+  static constexpr int kVBytes = (kPvFp16 ? 2 : 1) * kSagePageSize * kDp;
   static constexpr int kMetaBytes = 6 * kDp + 16;
   static constexpr int kStageBytes = kKBytes + kVBytes + kMetaBytes;
   static constexpr int kQ8Bytes = kRows * kDp;
@@ -171,7 +176,7 @@ __device__ __forceinline__ void load_page(const SageParams& p, int32_t entry, in
     const int64_t slot = -static_cast<int64_t>(entry) - 1;
     blk = p.scratch8 + slot * p.scratch_page_stride +
           static_cast<int64_t>(kv_head) * p.scratch_head_stride;
-    if constexpr (!T::kPvFp8) {
+    if constexpr (T::kPvFp16) {
       v16 = reinterpret_cast<const uint8_t*>(p.scratch_v16 + slot * p.scratch_v16_page_stride +
                                              static_cast<int64_t>(kv_head) *
                                                  p.scratch_v16_head_stride);
@@ -227,14 +232,16 @@ __device__ __forceinline__ float quad_max(float v) {
 // the exact int32 products si in C-fragment layout: s = si * (q_scale * k_scale) + q'.k_mean with
 // the bottom-right mask (lim0 / lim1: the rows' last visible keys), then the page's running-max
 // update: m_new is the new running max (m is the old one, which alpha needs) and ref the exp2
-// reference (m_new, or 0 while no key was visible). Shared by the sm_80 and the Hopper kernels, so
-// both compute the same bits.
+// reference (m_new, or 0 while no key was visible), and page_max the rows' maxima over this page
+// (-inf for a row that sees none of its keys; int8 P.V rounds P against it). Shared by the sm_80
+// and the Hopper kernels, so both compute the same bits.
 template <int kDp, int kNT>
 __device__ __forceinline__ void page_scores(const int (&si)[kNT][4], const float* mean,
                                             const unsigned char* qh_rows, float q_factor, float sc0,
                                             float sc1, int key0, int lim0, int lim1, bool masked,
                                             const float (&m)[2], float (&s)[kNT][4],
-                                            float (&m_new)[2], float (&ref)[2], int lane) {
+                                            float (&m_new)[2], float (&ref)[2],
+                                            float (&page_max)[2], int lane) {
   const int g = lane >> 2, t = lane & 3;
   // q' . k_mean for rows g and g + 8: the thread's channels 8j + 2t, 8j + 2t + 1, summed over the
   // quad.
@@ -277,6 +284,8 @@ __device__ __forceinline__ void page_scores(const int (&si)[kNT][4], const float
   }
   mx0 = quad_max(mx0);
   mx1 = quad_max(mx1);
+  page_max[0] = mx0;
+  page_max[1] = mx1;
   m_new[0] = fmaxf(m[0], mx0);
   m_new[1] = fmaxf(m[1], mx1);
   ref[0] = m_new[0] == -INFINITY ? 0.0f : m_new[0];
@@ -311,26 +320,55 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
       mma_s8_16832(si[2 * np + 1], qf[ks], kb[2], kb[3]);
     }
   }
-  float s[T::kNT][4], m_new[2], ref[2];
+  float s[T::kNT][4], m_new[2], ref[2], pmax[2];
   page_scores<T::kDp, T::kNT>(si, mean, qh_rows, p.q_factor, qs0 * kscale, qs1 * kscale, key0, lim0,
-                              lim1, masked, w.m, s, m_new, ref, lane);
+                              lim1, masked, w.m, s, m_new, ref, pmax, lane);
   const float ref0 = ref[0], ref1 = ref[1];
   const float alpha0 = fast_exp2(w.m[0] - ref0), alpha1 = fast_exp2(w.m[1] - ref1);
   w.m[0] = m_new[0];
   w.m[1] = m_new[1];
+  // int8 P.V: P against the row's own page max, the page scaled by beta = exp2(pm - m_new) (0 for
+  // a row that sees no key of the page, whose P is all 0 anyway).
+  float e0 = ref0, e1 = ref1, beta0 = 1.0f, beta1 = 1.0f;
+  if constexpr (T::kPvInt8) {
+    e0 = pmax[0] == -INFINITY ? 0.0f : pmax[0];
+    e1 = pmax[1] == -INFINITY ? 0.0f : pmax[1];
+    beta0 = fast_exp2(pmax[0] - ref0);
+    beta1 = fast_exp2(pmax[1] - ref1);
+  }
 #pragma unroll
   for (int j = 0; j < T::kNT; ++j) {
-    s[j][0] = fast_exp2(s[j][0] - ref0);
-    s[j][1] = fast_exp2(s[j][1] - ref0);
-    s[j][2] = fast_exp2(s[j][2] - ref1);
-    s[j][3] = fast_exp2(s[j][3] - ref1);
+    s[j][0] = fast_exp2(s[j][0] - e0);
+    s[j][1] = fast_exp2(s[j][1] - e0);
+    s[j][2] = fast_exp2(s[j][2] - e1);
+    s[j][3] = fast_exp2(s[j][3] - e1);
   }
 
   // P in the P.V operand precision; the row sums add exactly the values that multiply V.
   float rs0 = 0.0f, rs1 = 0.0f;
-  constexpr int kPChunks = T::kPvFp8 ? kSagePageSize / 32 : kSagePageSize / 16;
+  constexpr int kPChunks = T::kPvFp16 ? kSagePageSize / 16 : kSagePageSize / 32;
   uint32_t pa[kPChunks][4];
-  if constexpr (T::kPvFp8) {
+  if constexpr (T::kPvInt8) {
+#pragma unroll
+    for (int kc = 0; kc < kPChunks; ++kc) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int j0 = 4 * kc + 2 * half, j1 = j0 + 1;
+        float c[2][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          c[0][i] = u8_code_float(s[j0][i]);
+          c[1][i] = u8_code_float(s[j1][i]);
+        }
+        pa[kc][2 * half] = pack_u8x4(c[0][0], c[0][1], c[1][0], c[1][1]);
+        pa[kc][2 * half + 1] = pack_u8x4(c[0][2], c[0][3], c[1][2], c[1][3]);
+        rs0 += ((c[0][0] - kU8Magic) + (c[0][1] - kU8Magic)) +
+               ((c[1][0] - kU8Magic) + (c[1][1] - kU8Magic));
+        rs1 += ((c[0][2] - kU8Magic) + (c[0][3] - kU8Magic)) +
+               ((c[1][2] - kU8Magic) + (c[1][3] - kU8Magic));
+      }
+    }
+  } else if constexpr (T::kPvFp8) {
 #pragma unroll
     for (int kc = 0; kc < kPChunks; ++kc) {
 #pragma unroll
@@ -364,8 +402,13 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
       rs1 += (c.x + c.y) + (d.x + d.y);
     }
   }
-  w.l[0] = w.l[0] * alpha0 + rs0;
-  w.l[1] = w.l[1] * alpha1 + rs1;
+  if constexpr (T::kPvInt8) {
+    w.l[0] = w.l[0] * alpha0 + rs0 * beta0;
+    w.l[1] = w.l[1] * alpha1 + rs1 * beta1;
+  } else {
+    w.l[0] = w.l[0] * alpha0 + rs0;
+    w.l[1] = w.l[1] * alpha1 + rs1;
+  }
 
   // P.V per 16-channel slice, folded into acc with the page's channel scales.
   const uint32_t sv = stage + T::kKBytes;
@@ -375,7 +418,23 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
 #pragma unroll
     for (int n = 0; n < 2; ++n) part[n][0] = part[n][1] = part[n][2] = part[n][3] = 0.0f;
     const int vrow = dpair * 16 + (mi >> 1) * 8 + (lane & 7);
-    if constexpr (T::kPvFp8) {
+    if constexpr (T::kPvInt8) {
+      int pi[2][4];
+#pragma unroll
+      for (int n = 0; n < 2; ++n) pi[n][0] = pi[n][1] = pi[n][2] = pi[n][3] = 0;
+#pragma unroll
+      for (int kc = 0; kc < kPChunks; ++kc) {
+        uint32_t vb[4];
+        ldmatrix_x4(vb, sv + swz<64>(vrow, 2 * kc + (mi & 1)));
+        mma_u8s8_16832(pi[0], pa[kc], vb[0], vb[1]);
+        mma_u8s8_16832(pi[1], pa[kc], vb[2], vb[3]);
+      }
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) part[n][i] = static_cast<float>(pi[n][i]);
+      }
+    } else if constexpr (T::kPvFp8) {
 #pragma unroll
       for (int kc = 0; kc < kPChunks; ++kc) {
         uint32_t vb[4];
@@ -408,13 +467,20 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
     for (int n = 0; n < 2; ++n) {
       const int dt = 2 * dpair + n;
       float2 f = make_float2(1.0f, 1.0f);
-      if (T::kPvFp8 || !v16_page) {
+      if (!T::kPvFp16 || !v16_page) {
         f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vscale + dt * 8 + 2 * t));
       }
-      w.acc[dt][0] = fmaf(part[n][0], f.x, w.acc[dt][0] * alpha0);
-      w.acc[dt][1] = fmaf(part[n][1], f.y, w.acc[dt][1] * alpha0);
-      w.acc[dt][2] = fmaf(part[n][2], f.x, w.acc[dt][2] * alpha1);
-      w.acc[dt][3] = fmaf(part[n][3], f.y, w.acc[dt][3] * alpha1);
+      if constexpr (T::kPvInt8) {
+        w.acc[dt][0] = fmaf(part[n][0], f.x * beta0, w.acc[dt][0] * alpha0);
+        w.acc[dt][1] = fmaf(part[n][1], f.y * beta0, w.acc[dt][1] * alpha0);
+        w.acc[dt][2] = fmaf(part[n][2], f.x * beta1, w.acc[dt][2] * alpha1);
+        w.acc[dt][3] = fmaf(part[n][3], f.y * beta1, w.acc[dt][3] * alpha1);
+      } else {
+        w.acc[dt][0] = fmaf(part[n][0], f.x, w.acc[dt][0] * alpha0);
+        w.acc[dt][1] = fmaf(part[n][1], f.y, w.acc[dt][1] * alpha0);
+        w.acc[dt][2] = fmaf(part[n][2], f.x, w.acc[dt][2] * alpha1);
+        w.acc[dt][3] = fmaf(part[n][3], f.y, w.acc[dt][3] * alpha1);
+      }
     }
   }
 }
@@ -514,7 +580,7 @@ __global__ void __launch_bounds__(T::kThreads) sage_attn_kernel(const SageParams
     }
     __syncthreads();
     const int page = b.page_begin + i;
-    const bool v16_page = !T::kPvFp8 && block_row[page] < 0;
+    const bool v16_page = T::kPvFp16 && block_row[page] < 0;
     page_step<T>(p, stage_addr(st), stage_ptr(st), v16_page, qf, qh_rows, qs0, qs1,
                  page * kSagePageSize, lim0, lim1, page >= b.first_masked_page, w, lane);
     __syncthreads();

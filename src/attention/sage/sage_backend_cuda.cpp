@@ -23,21 +23,24 @@ using sage_cuda::SageQuantJob;
 
 class SageCudaAttention final : public CudaAttention {
  public:
-  explicit SageCudaAttention(bool pv_fp8) : pv_fp8_(pv_fp8) {}
+  explicit SageCudaAttention(sage_cuda::SagePv pv) : pv_(pv) {}
 
   std::string_view name() const override { return "sage_attn"; }
 
   std::string unsupported_reason(const AttentionShape& shape, int page_size,
                                  KVCacheDType /*dtype*/) const override {
     // Both storages work: bf16 pages are quantized on the fly, 8-bit pages read as stored.
-    return sage_cuda::sage_shape_unsupported_reason(shape, page_size, pv_fp8_);
+    return sage_cuda::sage_shape_unsupported_reason(shape, page_size, pv_);
   }
 
   KVCacheDType default_kv_cache_dtype() const override { return KVCacheDType::kInt8; }
+  KVValueCodes kv_value_codes() const override {
+    return pv_ == sage_cuda::SagePv::kInt8 ? KVValueCodes::kInt8 : KVValueCodes::kFp8E4M3;
+  }
 
   void plan(const AttentionShape& shape, const AttentionBatch& batch, const CudaKVCacheView& kv,
             CUstream_st* stream) override {
-    plan_ = sage_cuda::select_sage_kernel(shape, batch, kv.page_size, pv_fp8_);
+    plan_ = sage_cuda::select_sage_kernel(shape, batch, kv.page_size, pv_);
     SAGELLM_CHECK(plan_.supported(), "sage_attn attention on the GPU: {}",
                   plan_.unsupported_reason);
     check_view(kv);
@@ -52,7 +55,7 @@ class SageCudaAttention final : public CudaAttention {
     // Only an 8-bit cache has a fixed amount of on-the-fly work per decode step (one tail page
     // per request at most); a bf16 cache quantizes every page, a number that grows each step.
     if (kv.dtype != KVCacheDType::kInt8 || batch.seqs.empty()) return false;
-    sage_cuda::SagePlan plan = sage_cuda::select_sage_kernel(shape, batch, kv.page_size, pv_fp8_);
+    sage_cuda::SagePlan plan = sage_cuda::select_sage_kernel(shape, batch, kv.page_size, pv_);
     SAGELLM_CHECK(plan.supported(), "sage_attn attention on the GPU: {}", plan.unsupported_reason);
     for (const AttentionSeq& s : batch.seqs) {
       if (s.q_len != 1 || s.kv_len > static_cast<int64_t>(max_pages) * kv.page_size) return false;
@@ -93,7 +96,8 @@ class SageCudaAttention final : public CudaAttention {
       qp.dst8 = scratch8_.data();
       qp.dst_page_stride = params_.scratch_page_stride;
       qp.dst_head_stride = params_.scratch_head_stride;
-      if (!pv_fp8_) {
+      qp.v_int8 = pv_ == sage_cuda::SagePv::kInt8;
+      if (pv_ == sage_cuda::SagePv::kFp16) {
         qp.dst_v16 = scratch_v16_.data();
         qp.dst_v16_page_stride = params_.scratch_v16_page_stride;
         qp.dst_v16_head_stride = params_.scratch_v16_head_stride;
@@ -209,7 +213,7 @@ class SageCudaAttention final : public CudaAttention {
       grow(scratch8_,
            static_cast<size_t>(num_jobs_) * static_cast<size_t>(params_.scratch_page_stride));
       params_.scratch8 = scratch8_.data();
-      if (!pv_fp8_) {
+      if (pv_ == sage_cuda::SagePv::kFp16) {
         grow(scratch_v16_,
              static_cast<size_t>(num_jobs_) * static_cast<size_t>(params_.scratch_v16_page_stride));
         params_.scratch_v16 = scratch_v16_.data();
@@ -230,7 +234,7 @@ class SageCudaAttention final : public CudaAttention {
     ++epoch_;
   }
 
-  bool pv_fp8_;
+  sage_cuda::SagePv pv_;
   uint64_t epoch_ = 0;
   KVCacheDType dtype_ = KVCacheDType::kFloat;
   sage_cuda::SagePlan plan_;
@@ -251,9 +255,12 @@ class SageCudaAttention final : public CudaAttention {
 }  // namespace
 
 std::unique_ptr<CudaAttention> make_sage_cuda_attention(const AttentionOptions& options) {
-  SAGELLM_CHECK(options.sage_pv_dtype == "fp8" || options.sage_pv_dtype == "fp16",
-                "unknown --sage-pv-dtype '{}' (choose one of: fp8, fp16)", options.sage_pv_dtype);
-  return std::make_unique<SageCudaAttention>(options.sage_pv_dtype == "fp8");
+  const std::string& pv = options.sage_pv_dtype;
+  SAGELLM_CHECK(pv == "fp8" || pv == "int8" || pv == "fp16",
+                "unknown --sage-pv-dtype '{}' (choose one of: fp8, int8, fp16)", pv);
+  return std::make_unique<SageCudaAttention>(pv == "fp8"    ? sage_cuda::SagePv::kFp8
+                                             : pv == "int8" ? sage_cuda::SagePv::kInt8
+                                                            : sage_cuda::SagePv::kFp16);
 }
 
 }  // namespace sagellm

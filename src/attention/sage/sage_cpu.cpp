@@ -27,7 +27,12 @@ using attention_cpu::kTileRows;
 using attention_cpu::round_up;
 using attention_cpu::Vec4;
 
-enum class PvDType { kFp8, kFp16 };
+enum class PvDType { kFp8, kInt8, kFp16 };
+
+// The V encoding the P.V product of a mode reads.
+KVValueCodes v_codes_of(PvDType pv) {
+  return pv == PvDType::kInt8 ? KVValueCodes::kInt8 : KVValueCodes::kFp8E4M3;
+}
 
 // Pages of this call that are not sealed, quantized on the fly: one slot per (request, page
 // index) that needs it, every KV head.
@@ -41,8 +46,8 @@ struct OnTheFlyPages {
   size_t head(int s, int kv_head) const { return static_cast<size_t>(s) * kv_heads + kv_head; }
 };
 
-// The page of a request as the kernel sees it. v8 is null for a float page in fp16 mode (the
-// kernel then reads vf).
+// The page of a request as the kernel sees it. v8 (codes in the mode's encoding) is null for a
+// float page in fp16 mode (the kernel then reads vf).
 struct PageView {
   const int8_t* k8 = nullptr;
   const float* k_mean = nullptr;
@@ -77,7 +82,7 @@ OnTheFlyPages quantize_float_pages(const AttentionBatch& batch, const PagedKVCac
   o.k.resize(heads * page_elems);
   o.k_mean.resize(heads * cs.head_dim);
   o.k_scale.resize(heads);
-  if (pv == PvDType::kFp8) {
+  if (pv != PvDType::kFp16) {
     o.v.resize(heads * page_elems);
     o.v_scale.resize(heads * cs.head_dim);
   }
@@ -94,9 +99,9 @@ OnTheFlyPages quantize_float_pages(const AttentionBatch& batch, const PagedKVCac
       const size_t hi = o.head(jb, h);
       quantize_k_page(cache.k_float(layer, page, h), n, cs.page_size, cs.head_dim,
                       &o.k[hi * page_elems], &o.k_mean[hi * cs.head_dim], &o.k_scale[hi]);
-      if (pv == PvDType::kFp8) {
+      if (pv != PvDType::kFp16) {
         quantize_v_page(cache.v_float(layer, page, h), n, cs.page_size, cs.head_dim,
-                        &o.v[hi * page_elems], &o.v_scale[hi * cs.head_dim]);
+                        &o.v[hi * page_elems], &o.v_scale[hi * cs.head_dim], v_codes_of(pv));
       }
     }
   }
@@ -132,7 +137,7 @@ PageView page_view(const PagedKVCache& cache, const OnTheFlyPages& otf, int laye
 
 struct SageScratch {
   int d8 = 0, ps8 = 0, r4 = 0;
-  std::vector<float> q8, q_scaled, q_scaled_t, s, p, kt, v, partial, acc, m, l, alpha, qm, f,
+  std::vector<float> q8, q_scaled, q_scaled_t, s, p, kt, v, partial, acc, m, l, alpha, beta, qm, f,
       q_scale;
   std::vector<int8_t> codes;
   SageScratch(int head_dim, int page_size, int max_rows)
@@ -151,11 +156,32 @@ struct SageScratch {
         m(static_cast<size_t>(r4)),
         l(static_cast<size_t>(r4)),
         alpha(static_cast<size_t>(r4)),
+        beta(static_cast<size_t>(r4)),
         qm(static_cast<size_t>(r4)),
         f(static_cast<size_t>(d8)),
         q_scale(static_cast<size_t>(r4)),
         codes(static_cast<size_t>(attention_cpu::kQueryBlockRows) * head_dim) {}
 };
+
+// Step 4 and the P of step 5 in int8 mode for one row of one page (sage_numerics.h): the running
+// max update, P as UINT8 codes against the row's own page max, and the page factor beta.
+float softmax_page_row_u8(const float* s, int visible, int n8, float& m, float& l, float* p,
+                          float& beta) {
+  float page_max = s[0];
+  for (int j = 1; j < visible; ++j) page_max = s[j] > page_max ? s[j] : page_max;
+  const float m_new = m > page_max ? m : page_max;
+  const float alpha = attention_cpu::exp2_nonpositive(m - m_new);
+  beta = attention_cpu::exp2_nonpositive(page_max - m_new);
+  m = m_new;
+  float sum = 0.0f;  // of integers <= 255 * page size: exact
+  for (int j = 0; j < visible; ++j) {
+    p[j] = sage::round_p_u8(attention_cpu::exp2_nonpositive(s[j] - page_max));
+    sum += p[j];
+  }
+  std::fill(p + visible, p + n8, 0.0f);
+  l = l * alpha + sum * beta;
+  return alpha;
+}
 
 struct SageParams {
   PvDType pv = PvDType::kFp8;
@@ -208,6 +234,7 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
   }
 
   const bool fp8 = prm.pv == PvDType::kFp8;
+  const bool int8 = prm.pv == PvDType::kInt8;
   const bool sum_quantized = prm.row_sum == SageRowSum::kQuantizedP;
   const auto round_p8 = [](Vec4 p) { return sage::round_p_fp8(p); };
   const auto round_p16 = [](Vec4 p) { return sage::round_p_fp16(p); };
@@ -252,6 +279,7 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
       float* sr = &w.s[static_cast<size_t>(r) * w.ps8];
       if (visible == 0) {
         w.alpha[r] = 1.0f;
+        w.beta[r] = 0.0f;
         std::fill(pr, pr + n8, 0.0f);
         continue;
       }
@@ -262,7 +290,9 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
       }
       float& m = w.m[r];
       float& l = w.l[r];
-      if (fp8) {
+      if (int8) {
+        w.alpha[r] = softmax_page_row_u8(sr, visible, n8, m, l, pr, w.beta[r]);
+      } else if (fp8) {
         w.alpha[r] =
             sum_quantized
                 ? attention_cpu::softmax_page_row(sr, visible, n8, m, l, pr, round_p8, sum_q)
@@ -279,7 +309,7 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
     if (pg.v8 != nullptr) {
       for (int j = 0; j < n; ++j) {
         float* vr = &w.v[static_cast<size_t>(j) * w.d8];
-        for (int d = 0; d < hd; ++d) vr[d] = fp8_e4m3_to_float(pg.v8[j * hd + d]);
+        for (int d = 0; d < hd; ++d) vr[d] = v_code_value(pg.v8[j * hd + d], v_codes_of(prm.pv));
       }
       for (int d = 0; d < hd; ++d) w.f[d] = pg.v_scale[d];
     } else {
@@ -295,7 +325,12 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
       float* ar = &w.acc[static_cast<size_t>(r) * w.d8];
       const float* pr = &w.partial[static_cast<size_t>(r) * w.d8];
       const float a = w.alpha[r];
-      for (int d = 0; d < hd; ++d) ar[d] = ar[d] * a + pr[d] * w.f[d];
+      if (int8) {
+        const float b = w.beta[r];
+        for (int d = 0; d < hd; ++d) ar[d] = ar[d] * a + pr[d] * (w.f[d] * b);
+      } else {
+        for (int d = 0; d < hd; ++d) ar[d] = ar[d] * a + pr[d] * w.f[d];
+      }
     }
   }
 
@@ -315,6 +350,7 @@ class SageBackend final : public AttentionBackend {
   explicit SageBackend(SageParams params) : params_(params) {}
   std::string_view name() const override { return "sage_attn"; }
   KVCacheDType default_kv_cache_dtype() const override { return KVCacheDType::kInt8; }
+  KVValueCodes kv_value_codes() const override { return v_codes_of(params_.pv); }
 
   void forward(const AttentionShape& shape, const AttentionBatch& batch, const PagedKVCache& cache,
                int layer, const float* q, float* out) const override {
@@ -323,6 +359,10 @@ class SageBackend final : public AttentionBackend {
                   "sage_attn: head_dim {} is larger than 1024 (INT8 dot products would leave the "
                   "exact fp32 integer range)",
                   shape.head_dim);
+    SAGELLM_CHECK(cache.dtype() != KVCacheDType::kInt8 || cache.v_codes() == kv_value_codes(),
+                  "sage_attn: the 8-bit KV cache stores V as {} codes, but this --sage-pv-dtype "
+                  "reads {} codes (create the cache for the backend that uses it)",
+                  kv_value_codes_name(cache.v_codes()), kv_value_codes_name(kv_value_codes()));
     const std::vector<attention_cpu::WorkItem> items = attention_cpu::plan_work(shape, batch);
     if (items.empty()) return;
     const OnTheFlyPages otf = quantize_float_pages(batch, cache, layer, params_.pv);
@@ -344,10 +384,12 @@ std::unique_ptr<AttentionBackend> make_sage_backend(const AttentionOptions& opti
   SageParams p;
   if (options.sage_pv_dtype == "fp8") {
     p.pv = PvDType::kFp8;
+  } else if (options.sage_pv_dtype == "int8") {
+    p.pv = PvDType::kInt8;
   } else if (options.sage_pv_dtype == "fp16") {
     p.pv = PvDType::kFp16;
   } else {
-    fail("unknown --sage-pv-dtype '{}' (choose one of: fp8, fp16)", options.sage_pv_dtype);
+    fail("unknown --sage-pv-dtype '{}' (choose one of: fp8, int8, fp16)", options.sage_pv_dtype);
   }
   p.row_sum = row_sum;
   return std::make_unique<SageBackend>(p);

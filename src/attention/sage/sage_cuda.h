@@ -7,7 +7,7 @@
 //      per-call scratch in the 8-bit block layout;
 //   2. Q quantization: INT8 codes and one scale per new token and head;
 //   3. the prefill kernel (requests with q_len * group > 64 rows; on compute capability 9.0 with
-//      fp8 P.V and head dims padded to 128, the warp-specialized sm_90a wgmma kernel of
+//      fp8 or int8 P.V and head dims padded to 128, the warp-specialized sm_90a wgmma kernel of
 //      sage_prefill_sm90.cuh, else the portable sm_80 one) and/or
 //   4. the split-KV kernel (the others: decode, short extends), then
 //   5. the fixed-order combine of the splits.
@@ -15,7 +15,7 @@
 //
 // Restrictions: head_dim a multiple of 8, at most 128 (64 and 128 native, others zero-padded);
 // page size kSagePageSize (64); num_heads a multiple of num_kv_heads; fp8 P.V needs compute
-// capability 8.9 or newer (sm_90a build), fp16 P.V runs on 8.0 and newer.
+// capability 8.9 or newer (sm_90a build), int8 and fp16 P.V run on 8.0 and newer.
 #pragma once
 
 #include <cstddef>
@@ -40,7 +40,7 @@ struct SagePlan {
   int head_dim_padded = 0;
   float sm_scale = 0.0f;
   bool causal = true;
-  bool pv_fp8 = true;
+  SagePv pv = SagePv::kFp8;
   int num_seqs = 0;
   int total_q = 0;
   int first_q_row = 0;
@@ -48,8 +48,8 @@ struct SagePlan {
 
   bool run_prefill = false;
   int max_prefill_q_len = 0;
-  // The sm_90a wgmma prefill kernel (Hopper, fp8 P.V, head dims padded to 128) instead of the
-  // portable one.
+  // The sm_90a wgmma prefill kernel (Hopper, fp8 or int8 P.V, head dims padded to 128) instead of
+  // the portable one.
   bool hopper_prefill = false;
   bool run_decode = false;
   int max_decode_m_blocks = 0;
@@ -70,13 +70,13 @@ struct SagePlan {
 int sage_padded_head_dim(int head_dim);
 
 // Checks the shape, page size and P.V mode alone. Empty string when supported.
-std::string sage_shape_unsupported_reason(const AttentionShape& shape, int page_size, bool pv_fp8);
+std::string sage_shape_unsupported_reason(const AttentionShape& shape, int page_size, SagePv pv);
 
 // True when this GPU can run fp8 P.V (compute capability >= 8.9 and a build for it).
 bool sage_fp8_pv_available();
 
 SagePlan select_sage_kernel(const AttentionShape& shape, const AttentionBatch& batch, int page_size,
-                            bool pv_fp8);
+                            SagePv pv);
 
 // Params with the plan's shape and mask, strides of contiguous q/o rows, and the pool and
 // scratch strides of dense 8-bit blocks ([page][kv_head] blocks). Pointers are the caller's.

@@ -20,9 +20,9 @@ struct SageSplits {
 
 }  // namespace
 
-template <int kHeadDim, bool kPvFp8>
+template <int kHeadDim, SagePv kPv>
 cudaError_t launch_decode(const SageParams& p, int m_blocks, int max_splits, cudaStream_t stream) {
-  using T = SageTraits<kHeadDim, 1, true, kPvFp8>;
+  using T = SageTraits<kHeadDim, 1, true, kPv>;
   static std::atomic<uint64_t> smem_set{0};
   const cudaError_t err =
       flash_cuda::sm80::ensure_dynamic_smem(sage_attn_kernel<T>, T::kSmemBytes, smem_set);
@@ -32,15 +32,17 @@ cudaError_t launch_decode(const SageParams& p, int m_blocks, int max_splits, cud
   return cudaGetLastError();
 }
 
-template cudaError_t launch_decode<64, true>(const SageParams&, int, int, cudaStream_t);
-template cudaError_t launch_decode<128, true>(const SageParams&, int, int, cudaStream_t);
-template cudaError_t launch_decode<64, false>(const SageParams&, int, int, cudaStream_t);
-template cudaError_t launch_decode<128, false>(const SageParams&, int, int, cudaStream_t);
+template cudaError_t launch_decode<64, SagePv::kFp8>(const SageParams&, int, int, cudaStream_t);
+template cudaError_t launch_decode<128, SagePv::kFp8>(const SageParams&, int, int, cudaStream_t);
+template cudaError_t launch_decode<64, SagePv::kInt8>(const SageParams&, int, int, cudaStream_t);
+template cudaError_t launch_decode<128, SagePv::kInt8>(const SageParams&, int, int, cudaStream_t);
+template cudaError_t launch_decode<64, SagePv::kFp16>(const SageParams&, int, int, cudaStream_t);
+template cudaError_t launch_decode<128, SagePv::kFp16>(const SageParams&, int, int, cudaStream_t);
 
 cudaError_t fp8_kernel_binary_version(int* version) {
   cudaFuncAttributes attr{};
   const cudaError_t err =
-      cudaFuncGetAttributes(&attr, sage_attn_kernel<SageTraits<128, 1, true, true>>);
+      cudaFuncGetAttributes(&attr, sage_attn_kernel<SageTraits<128, 1, true, SagePv::kFp8>>);
   if (err == cudaSuccess) *version = attr.binaryVersion;
   return err;
 }

@@ -55,7 +55,7 @@ bool sage_fp8_pv_available() {
   return version >= 89;
 }
 
-std::string sage_shape_unsupported_reason(const AttentionShape& shape, int page_size, bool pv_fp8) {
+std::string sage_shape_unsupported_reason(const AttentionShape& shape, int page_size, SagePv pv) {
   if (shape.num_heads <= 0 || shape.num_kv_heads <= 0 ||
       shape.num_heads % shape.num_kv_heads != 0) {
     return cat("sage_attn (CUDA): ", shape.num_heads, " query heads cannot share ",
@@ -76,15 +76,15 @@ std::string sage_shape_unsupported_reason(const AttentionShape& shape, int page_
     return cat("sage_attn (CUDA): KV cache page size ", page_size, " is not supported (the 8-bit ",
                "kernels use pages of ", kSagePageSize, " tokens: --page-size ", kSagePageSize, ")");
   }
-  if (pv_fp8 && !sage_fp8_pv_available()) {
+  if (pv == SagePv::kFp8 && !sage_fp8_pv_available()) {
     return "sage_attn (CUDA): --sage-pv-dtype fp8 needs a GPU of compute capability 8.9 or newer "
-           "(FP8 tensor cores); use --sage-pv-dtype fp16";
+           "(FP8 tensor cores); use --sage-pv-dtype int8 or fp16";
   }
   return {};
 }
 
 SagePlan select_sage_kernel(const AttentionShape& shape, const AttentionBatch& batch, int page_size,
-                            bool pv_fp8) {
+                            SagePv pv) {
   SagePlan plan;
   plan.num_heads = shape.num_heads;
   plan.num_kv_heads = shape.num_kv_heads;
@@ -92,9 +92,9 @@ SagePlan select_sage_kernel(const AttentionShape& shape, const AttentionBatch& b
   plan.head_dim_padded = sage_padded_head_dim(shape.head_dim);
   plan.sm_scale = shape.sm_scale;
   plan.causal = batch.causal;
-  plan.pv_fp8 = pv_fp8;
+  plan.pv = pv;
   plan.num_seqs = static_cast<int>(batch.seqs.size());
-  plan.unsupported_reason = sage_shape_unsupported_reason(shape, page_size, pv_fp8);
+  plan.unsupported_reason = sage_shape_unsupported_reason(shape, page_size, pv);
   if (!plan.supported()) return plan;
   const auto reject = [&plan](const std::string& why) {
     plan.unsupported_reason = "sage_attn (CUDA): " + why;
@@ -139,8 +139,8 @@ SagePlan select_sage_kernel(const AttentionShape& shape, const AttentionBatch& b
       kMaxGridYZ) {
     return reject(cat(shape.num_kv_heads, " KV heads (too many for the split kernel's grid)"));
   }
-  plan.hopper_prefill =
-      plan.run_prefill && plan.pv_fp8 && plan.head_dim_padded == 128 && sm90::prefill_available();
+  plan.hopper_prefill = plan.run_prefill && (plan.pv == SagePv::kFp8 || plan.pv == SagePv::kInt8) &&
+                        plan.head_dim_padded == 128 && sm90::prefill_available();
   plan.total_q = static_cast<int>(next_row - plan.first_q_row);
   plan.split_slots = slots;
   return plan;
@@ -154,7 +154,7 @@ SageParams sage_params_for(const SagePlan& plan) {
   p.head_dim_padded = plan.head_dim_padded;
   p.num_seqs = plan.num_seqs;
   p.causal = plan.causal;
-  p.pv_fp8 = plan.pv_fp8;
+  p.pv = plan.pv;
   // sage::q_factor (sage_numerics.h): one fp32 product with log2(e) rounded to fp32.
   p.q_factor = plan.sm_scale * 1.4426950408889634f;
   p.q_head_stride = plan.head_dim;
@@ -175,7 +175,7 @@ void sage_attention_cuda(const SagePlan& plan, const SageParams& p, CUstream_st*
   if (!plan.supported()) detail::throw_error(plan.unsupported_reason);
   check(p.num_heads == plan.num_heads && p.num_kv_heads == plan.num_kv_heads &&
             p.head_dim == plan.head_dim && p.head_dim_padded == plan.head_dim_padded &&
-            p.num_seqs == plan.num_seqs && p.causal == plan.causal && p.pv_fp8 == plan.pv_fp8,
+            p.num_seqs == plan.num_seqs && p.causal == plan.causal && p.pv == plan.pv,
         "params do not match the plan");
   check(std::isfinite(p.q_factor) && p.q_factor > 0.0f, "q_factor must be positive and finite");
   if (!plan.run_prefill && !plan.run_decode) return;
@@ -194,7 +194,7 @@ void sage_attention_cuda(const SagePlan& plan, const SageParams& p, CUstream_st*
   check((p.pages8 == nullptr || p.head8_stride >= block) &&
             (p.scratch8 == nullptr || p.scratch_head_stride >= block) && p.block_table_stride >= 1,
         "page strides or block table stride too small");
-  check(p.pv_fp8 || p.scratch8 == nullptr || p.scratch_v16 != nullptr,
+  check(p.pv != SagePv::kFp16 || p.scratch8 == nullptr || p.scratch_v16 != nullptr,
         "fp16 P.V needs the fp16 V of the scratch pages");
   if (plan.split_slots > 0) {
     check(p.split_acc != nullptr && p.split_ml != nullptr && p.split_offsets != nullptr,
@@ -206,26 +206,34 @@ void sage_attention_cuda(const SagePlan& plan, const SageParams& p, CUstream_st*
   const bool d64 = plan.head_dim_padded == 64;
   if (plan.run_prefill) {
     cudaError_t err;
+    const int q = plan.max_prefill_q_len;
     if (plan.hopper_prefill) {
-      err = sm90::launch_prefill(p, plan.max_prefill_q_len, s);
-    } else if (plan.pv_fp8) {
-      err = d64 ? sm80::launch_prefill<64, true>(p, plan.max_prefill_q_len, s)
-                : sm80::launch_prefill<128, true>(p, plan.max_prefill_q_len, s);
+      err = plan.pv == SagePv::kInt8 ? sm90::launch_prefill<SagePv::kInt8>(p, q, s)
+                                     : sm90::launch_prefill<SagePv::kFp8>(p, q, s);
+    } else if (plan.pv == SagePv::kFp8) {
+      err = d64 ? sm80::launch_prefill<64, SagePv::kFp8>(p, q, s)
+                : sm80::launch_prefill<128, SagePv::kFp8>(p, q, s);
+    } else if (plan.pv == SagePv::kInt8) {
+      err = d64 ? sm80::launch_prefill<64, SagePv::kInt8>(p, q, s)
+                : sm80::launch_prefill<128, SagePv::kInt8>(p, q, s);
     } else {
-      err = d64 ? sm80::launch_prefill<64, false>(p, plan.max_prefill_q_len, s)
-                : sm80::launch_prefill<128, false>(p, plan.max_prefill_q_len, s);
+      err = d64 ? sm80::launch_prefill<64, SagePv::kFp16>(p, q, s)
+                : sm80::launch_prefill<128, SagePv::kFp16>(p, q, s);
     }
     check_cuda(err, "sage_attn prefill kernel launch", __FILE__, __LINE__);
   }
   if (plan.run_decode) {
     const int mb = plan.max_decode_m_blocks, ms = plan.max_splits;
     cudaError_t err;
-    if (plan.pv_fp8) {
-      err = d64 ? sm80::launch_decode<64, true>(p, mb, ms, s)
-                : sm80::launch_decode<128, true>(p, mb, ms, s);
+    if (plan.pv == SagePv::kFp8) {
+      err = d64 ? sm80::launch_decode<64, SagePv::kFp8>(p, mb, ms, s)
+                : sm80::launch_decode<128, SagePv::kFp8>(p, mb, ms, s);
+    } else if (plan.pv == SagePv::kInt8) {
+      err = d64 ? sm80::launch_decode<64, SagePv::kInt8>(p, mb, ms, s)
+                : sm80::launch_decode<128, SagePv::kInt8>(p, mb, ms, s);
     } else {
-      err = d64 ? sm80::launch_decode<64, false>(p, mb, ms, s)
-                : sm80::launch_decode<128, false>(p, mb, ms, s);
+      err = d64 ? sm80::launch_decode<64, SagePv::kFp16>(p, mb, ms, s)
+                : sm80::launch_decode<128, SagePv::kFp16>(p, mb, ms, s);
     }
     check_cuda(err, "sage_attn split-KV kernel launch", __FILE__, __LINE__);
   }

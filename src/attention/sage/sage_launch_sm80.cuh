@@ -13,11 +13,11 @@ namespace sagellm::sage_cuda::sm80 {
 cudaError_t launch_quantize_q(const SageParams& p, int max_q_len, cudaStream_t stream);
 
 // grid (ceil(max_q_len / 128), num_heads, num_seqs); requests on the split kernel exit.
-template <int kHeadDim, bool kPvFp8>
+template <int kHeadDim, SagePv kPv>
 cudaError_t launch_prefill(const SageParams& p, int max_q_len, cudaStream_t stream);
 
 // grid (max_splits, num_kv_heads * m_blocks, num_seqs).
-template <int kHeadDim, bool kPvFp8>
+template <int kHeadDim, SagePv kPv>
 cudaError_t launch_decode(const SageParams& p, int m_blocks, int max_splits, cudaStream_t stream);
 
 // The binary version (10 * major + minor) of the fp8 split kernel's code that this GPU runs: the

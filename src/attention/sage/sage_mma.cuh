@@ -1,5 +1,6 @@
 // Warp-level building blocks of the sage_attn kernels, on top of the flash ones (cp.async,
-// ldmatrix, bf16 packing): the INT8 and FP8 m16n8k32 tensor-core products, the FP16 m16n8k16
+// ldmatrix, bf16 packing): the INT8 (s8.s8 and u8.s8) and FP8 m16n8k32 tensor-core products, the
+// FP16 m16n8k16
 // product, FP8 <-> FP16/FP32 conversions, and the swizzled shared-memory layout of 8-bit tiles.
 //
 // m16n8k32 fragments (8-bit elements, g = lane / 4, t = lane % 4): A a0 = (row g, k 4t..4t+3),
@@ -55,6 +56,16 @@ __device__ __forceinline__ void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4]
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// UINT8 P times INT8 V (int8 P.V), exact int32 accumulation.
+__device__ __forceinline__ void mma_u8s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                               uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 __device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                               uint32_t b1) {
   asm volatile(
@@ -103,6 +114,17 @@ __device__ __forceinline__ uint32_t f32x2_to_e4m3x2(float lo, float hi) {
   __trap();
   return 0;
 #endif
+}
+
+// int8 P.V's P codes (sage_numerics.h: round to nearest even of p * 255): fmaf(p, 255, kU8Magic)
+// rounds once to an integer, which the float's low byte then holds (its ulp is 1 from 2^23 on).
+inline constexpr float kU8Magic = 12582912.0f;  // 1.5 * 2^23
+__device__ __forceinline__ float u8_code_float(float p) { return fmaf(p, 255.0f, kU8Magic); }
+// The codes of four such floats, a in the lowest byte.
+__device__ __forceinline__ uint32_t pack_u8x4(float a, float b, float c, float d) {
+  const uint32_t lo = __byte_perm(__float_as_uint(a), __float_as_uint(b), 0x0040u);
+  const uint32_t hi = __byte_perm(__float_as_uint(c), __float_as_uint(d), 0x0040u);
+  return __byte_perm(lo, hi, 0x5410u);
 }
 
 __device__ __forceinline__ float2 f16x2_to_float2(uint32_t h) {

@@ -6,7 +6,7 @@
 // The 8-bit page block: one page of kSagePageSize tokens of one KV head, head dims padded to
 // Dp = 64 or 128 (padding columns hold code 0, mean 0 and scale 0):
 //   [0, 64 Dp)          K codes, int8 [slot][Dp]                         (ldmatrix rows = keys)
-//   [64 Dp, 128 Dp)     V codes, FP8 e4m3, transposed [Dp][position]     (ldmatrix rows = dims)
+//   [64 Dp, 128 Dp)     V codes, FP8 e4m3 or INT8, transposed [Dp][position]  (rows = dims)
 //   [128 Dp, 132 Dp)    k_mean, fp32 [Dp]
 //   [132 Dp, 134 Dp)    v_scale, bf16 [Dp]
 //   [134 Dp, 134 Dp+16) k_scale, fp32, then 12 bytes of padding
@@ -50,6 +50,10 @@ inline constexpr int kSageMaxSplits = 64;
 inline constexpr int kSageMaxHeadDim = 128;
 
 SAGELLM_SAGE_HD inline constexpr int sage_ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// The operands of the P.V product (sage_numerics.h step 5): FP8 P and V; UINT8 P against each
+// page's own row max and INT8 V; FP16 P and V (the FP8 V codes converted exactly).
+enum class SagePv : int { kFp8 = 0, kInt8 = 1, kFp16 = 2 };
 
 // Bytes of one 8-bit page block for padded head dim dp (a multiple of 16).
 SAGELLM_SAGE_HD inline constexpr int64_t sage_page_block_bytes(int dp) {
@@ -148,7 +152,7 @@ struct SageParams {
   int head_dim_padded = 0;  // 64 or 128
   float q_factor = 0.0f;    // sm_scale * log2(e), rounded to fp32 (sage::q_factor)
   bool causal = true;
-  bool pv_fp8 = true;
+  SagePv pv = SagePv::kFp8;
 
   // Split-KV workspace (as in flash_params.h): request s owns slots split_offsets[s] +
   // (t * num_heads + head) * num_splits + split, each head_dim fp32 accumulators (in the P scale
@@ -190,6 +194,8 @@ struct SageQuantParams {
   int64_t dst_head_stride = 0;
   // When not null, V is also written unquantized as fp16 [Dp][slot] (fp16 P.V on scratch pages),
   // and the FP8 V codes and scales are not written.
+  // V codes as INT8 (KVValueCodes::kInt8, for int8 P.V) instead of FP8 e4m3.
+  bool v_int8 = false;
   uint16_t* dst_v16 = nullptr;
   int64_t dst_v16_page_stride = 0;  // elements
   int64_t dst_v16_head_stride = 0;

@@ -1,4 +1,5 @@
-// Instances and launcher of the sage_attn prefill kernel (head dims 64 and 128, fp8 and fp16 P.V).
+// Instances and launcher of the sage_attn prefill kernel (head dims 64 and 128, fp8, int8 and fp16
+// P.V).
 #include <atomic>
 
 #include "attention/flash/flash_smem_config.cuh"
@@ -7,9 +8,9 @@
 
 namespace sagellm::sage_cuda::sm80 {
 
-template <int kHeadDim, bool kPvFp8>
+template <int kHeadDim, SagePv kPv>
 cudaError_t launch_prefill(const SageParams& p, int max_q_len, cudaStream_t stream) {
-  using T = SageTraits<kHeadDim, kSagePrefillBlockM / 16, false, kPvFp8>;
+  using T = SageTraits<kHeadDim, kSagePrefillBlockM / 16, false, kPv>;
   static std::atomic<uint64_t> smem_set{0};
   const cudaError_t err =
       flash_cuda::sm80::ensure_dynamic_smem(sage_attn_kernel<T>, T::kSmemBytes, smem_set);
@@ -19,9 +20,11 @@ cudaError_t launch_prefill(const SageParams& p, int max_q_len, cudaStream_t stre
   return cudaGetLastError();
 }
 
-template cudaError_t launch_prefill<64, true>(const SageParams&, int, cudaStream_t);
-template cudaError_t launch_prefill<128, true>(const SageParams&, int, cudaStream_t);
-template cudaError_t launch_prefill<64, false>(const SageParams&, int, cudaStream_t);
-template cudaError_t launch_prefill<128, false>(const SageParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<64, SagePv::kFp8>(const SageParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<128, SagePv::kFp8>(const SageParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<64, SagePv::kInt8>(const SageParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<128, SagePv::kInt8>(const SageParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<64, SagePv::kFp16>(const SageParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<128, SagePv::kFp16>(const SageParams&, int, cudaStream_t);
 
 }  // namespace sagellm::sage_cuda::sm80

@@ -1,5 +1,5 @@
-// Launcher of the Hopper sage_attn prefill kernel (fp8 P.V, head dim 128), and the check that the
-// current GPU runs it.
+// Launcher of the Hopper sage_attn prefill kernel (fp8 and int8 P.V, head dim 128), and the check
+// that the current GPU runs it.
 #include <array>
 #include <atomic>
 
@@ -13,11 +13,13 @@ namespace sagellm::sage_cuda::sm90 {
 bool prefill_available() {
   static std::array<std::atomic<int>, 64> device_state{};
   return flash_cuda::sm90::kernel_runs_here(
-      reinterpret_cast<const void*>(sage_prefill_kernel<PrefillTraits>), device_state);
+      reinterpret_cast<const void*>(sage_prefill_kernel<PrefillTraits<SagePv::kFp8>>),
+      device_state);
 }
 
+template <SagePv kPv>
 cudaError_t launch_prefill(const SageParams& p, int max_q_len, cudaStream_t stream) {
-  using T = PrefillTraits;
+  using T = PrefillTraits<kPv>;
   static std::atomic<uint64_t> smem_set{0};
   const cudaError_t err =
       flash_cuda::sm80::ensure_dynamic_smem(sage_prefill_kernel<T>, T::kSmemBytes, smem_set);
@@ -26,5 +28,8 @@ cudaError_t launch_prefill(const SageParams& p, int max_q_len, cudaStream_t stre
   sage_prefill_kernel<T><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
+
+template cudaError_t launch_prefill<SagePv::kFp8>(const SageParams&, int, cudaStream_t);
+template cudaError_t launch_prefill<SagePv::kInt8>(const SageParams&, int, cudaStream_t);
 
 }  // namespace sagellm::sage_cuda::sm90

@@ -1,6 +1,7 @@
-// sage_attn prefill kernel, Hopper (sm_90a), fp8 P.V, head dim 128: INT8 Q K^T and FP8 P V as
-// wgmma products, warp-specialized. Numerics: sage_numerics.h, step by step, as the sm_80 kernel
-// (sage_attn_sm80.cuh), whose per-page arithmetic this kernel shares.
+// sage_attn prefill kernel, Hopper (sm_90a), fp8 and int8 P.V, head dim 128: INT8 Q K^T and FP8
+// P V (or UINT8 P times INT8 V, int8 mode) as wgmma products, warp-specialized. Numerics:
+// sage_numerics.h, step by step, as the sm_80 kernel (sage_attn_sm80.cuh), whose per-page
+// arithmetic this kernel shares.
 //
 // One CTA = 128 new tokens of one query head: two consumer warpgroups of 64 rows (each thread
 // reads its two rows' Q scales, as in the sm_80 kernel) and one producer warpgroup, whose registers
@@ -16,7 +17,9 @@
 //   acc = acc * alpha + partial * v_scale (the two-level accumulation of the specification).
 // The product's 8 extra columns multiply P by a row of ones kept under each stage's V tile: they
 // give the page's row sums of the FP8 P values, which the softmax would otherwise convert back
-// from FP8 and add up itself (the sums of at most 64 such values are exact in fp32).
+// from FP8 and add up itself (the sums of at most 64 such values are exact in fp32). In int8
+// mode (16 extra columns) the page's P is rounded against each row's own page max and the
+// partial, exact in int32, is folded with v_scale * beta (sage_numerics.h step 5).
 // The consumers take turns at the tensor cores (two named barriers): one issues S_n together with
 // P_{n-1} V_{n-1} while the other dequantizes and exponentiates.
 #pragma once
@@ -24,6 +27,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "attention/flash/flash_wgmma_sm90.cuh"
 #include "attention/sage/sage_attn_sm80.cuh"
@@ -59,7 +63,11 @@ using sm80::quad_sum;
 using sm80::smem_addr;
 using sm80::swz;
 
+template <SagePv kPv_>
 struct PrefillTraits {
+  static_assert(kPv_ == SagePv::kFp8 || kPv_ == SagePv::kInt8, "8-bit P.V modes only");
+  static constexpr SagePv kPv = kPv_;
+  static constexpr bool kPvInt8 = kPv == SagePv::kInt8;
   static constexpr int kDp = 128;
   static constexpr bool kSplit = false;  // for sage_block
   static constexpr int kRows = kSagePrefillBlockM;
@@ -73,7 +81,10 @@ struct PrefillTraits {
   static constexpr int kNT = kSagePageSize / 8;  // 8-key column tiles of S
   static constexpr int kDT = kDp / 8;            // 8-column tiles of O
   static constexpr int kKBytes = kSagePageSize * kDp;
-  static constexpr int kVRows = kDp + 8;  // V's channels, then the ones row and 7 zero rows
+  // V's channels, then the ones row and 7 zero rows (15 for the integer product, whose N grows in
+  // steps of 16 past 128).
+  static constexpr int kVRows = kDp + (kPvInt8 ? 16 : 8);
+  static constexpr int kPT = kVRows / 8;  // 8-column tiles of the P.V product
   static constexpr int kVBytes = kSagePageSize * kVRows;
   static constexpr int kMetaBytes = 6 * kDp + 16;
   // K at 0 and V at kKBytes (on 1024- and 512-byte boundaries, as the swizzles need), then meta.
@@ -146,11 +157,13 @@ __device__ __forceinline__ void load_q(const SageParams& p, const sm80::SageBloc
 // Registers of one consumer thread (rows g and g + 8 of its warp's 16).
 template <class T>
 struct Consumer {
-  int si[T::kNT][4];          // Q8 K8^T of the current page
-  float part[T::kDT + 1][4];  // P V of the previous page; column tile kDT: its row sums
+  using Part = std::conditional_t<T::kPvInt8, int, float>;
+  int si[T::kNT][4];     // Q8 K8^T of the current page
+  Part part[T::kPT][4];  // P V of the previous page; column tile kDT: its row sums
   float acc[T::kDT][4];
-  uint32_t pa[2][4];  // FP8 P of the previous page: A fragments of its two k32 steps
+  uint32_t pa[2][4];  // FP8 (int8 mode: UINT8) P of the previous page: its two k32 steps
   float m[2], l[2], alpha[2];
+  float beta[2];  // int8 mode: exp2(page max - running max) of the previous page
 
   __device__ __forceinline__ void init() {
 #pragma unroll
@@ -158,10 +171,11 @@ struct Consumer {
 #pragma unroll
     for (int j = 0; j < T::kDT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 #pragma unroll
-    for (int j = 0; j <= T::kDT; ++j) part[j][0] = part[j][1] = part[j][2] = part[j][3] = 0.0f;
+    for (int j = 0; j < T::kPT; ++j) part[j][0] = part[j][1] = part[j][2] = part[j][3] = 0;
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.0f;
     alpha[0] = alpha[1] = 1.0f;
+    beta[0] = beta[1] = 1.0f;
   }
 
   // Scores of the page in `meta` (its mean and K scale) and the running max (sm80::page_scores, as
@@ -171,29 +185,52 @@ struct Consumer {
                                           int key0, int lim0, int lim1, bool masked, int lane) {
     const float* mean = reinterpret_cast<const float*>(meta);
     const float kscale = *reinterpret_cast<const float*>(meta + 6 * T::kDp);
-    float s[T::kNT][4], m_new[2], ref[2];
+    float s[T::kNT][4], m_new[2], ref[2], page_max[2];
     sm80::page_scores<T::kDp, T::kNT>(si, mean, qh_rows, p.q_factor, qs0 * kscale, qs1 * kscale,
-                                      key0, lim0, lim1, masked, m, s, m_new, ref, lane);
+                                      key0, lim0, lim1, masked, m, s, m_new, ref, page_max, lane);
     const float ref0 = ref[0], ref1 = ref[1];
     alpha[0] = fast_exp2(m[0] - ref0);
     alpha[1] = fast_exp2(m[1] - ref1);
     m[0] = m_new[0];
     m[1] = m_new[1];
+    if constexpr (T::kPvInt8) {
+      // P against the rows' own page max, as the sm_80 kernel (sage_attn_sm80.cuh).
+      const float e0 = page_max[0] == -INFINITY ? 0.0f : page_max[0];
+      const float e1 = page_max[1] == -INFINITY ? 0.0f : page_max[1];
+      beta[0] = fast_exp2(page_max[0] - ref0);
+      beta[1] = fast_exp2(page_max[1] - ref1);
 #pragma unroll
-    for (int kc = 0; kc < 2; ++kc) {
+      for (int kc = 0; kc < 2; ++kc) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int j0 = 4 * kc + 2 * half, j1 = j0 + 1;
-        const uint32_t r0lo = f32x2_to_e4m3x2(fast_exp2(s[j0][0] - ref0) * 448.0f,
-                                              fast_exp2(s[j0][1] - ref0) * 448.0f);
-        const uint32_t r0hi = f32x2_to_e4m3x2(fast_exp2(s[j1][0] - ref0) * 448.0f,
-                                              fast_exp2(s[j1][1] - ref0) * 448.0f);
-        const uint32_t r1lo = f32x2_to_e4m3x2(fast_exp2(s[j0][2] - ref1) * 448.0f,
-                                              fast_exp2(s[j0][3] - ref1) * 448.0f);
-        const uint32_t r1hi = f32x2_to_e4m3x2(fast_exp2(s[j1][2] - ref1) * 448.0f,
-                                              fast_exp2(s[j1][3] - ref1) * 448.0f);
-        pa[kc][2 * half] = r0lo | (r0hi << 16);
-        pa[kc][2 * half + 1] = r1lo | (r1hi << 16);
+        for (int half = 0; half < 2; ++half) {
+          const int j0 = 4 * kc + 2 * half, j1 = j0 + 1;
+          pa[kc][2 * half] = sm80::pack_u8x4(sm80::u8_code_float(fast_exp2(s[j0][0] - e0)),
+                                             sm80::u8_code_float(fast_exp2(s[j0][1] - e0)),
+                                             sm80::u8_code_float(fast_exp2(s[j1][0] - e0)),
+                                             sm80::u8_code_float(fast_exp2(s[j1][1] - e0)));
+          pa[kc][2 * half + 1] = sm80::pack_u8x4(sm80::u8_code_float(fast_exp2(s[j0][2] - e1)),
+                                                 sm80::u8_code_float(fast_exp2(s[j0][3] - e1)),
+                                                 sm80::u8_code_float(fast_exp2(s[j1][2] - e1)),
+                                                 sm80::u8_code_float(fast_exp2(s[j1][3] - e1)));
+        }
+      }
+    } else {
+#pragma unroll
+      for (int kc = 0; kc < 2; ++kc) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int j0 = 4 * kc + 2 * half, j1 = j0 + 1;
+          const uint32_t r0lo = f32x2_to_e4m3x2(fast_exp2(s[j0][0] - ref0) * 448.0f,
+                                                fast_exp2(s[j0][1] - ref0) * 448.0f);
+          const uint32_t r0hi = f32x2_to_e4m3x2(fast_exp2(s[j1][0] - ref0) * 448.0f,
+                                                fast_exp2(s[j1][1] - ref0) * 448.0f);
+          const uint32_t r1lo = f32x2_to_e4m3x2(fast_exp2(s[j0][2] - ref1) * 448.0f,
+                                                fast_exp2(s[j0][3] - ref1) * 448.0f);
+          const uint32_t r1hi = f32x2_to_e4m3x2(fast_exp2(s[j1][2] - ref1) * 448.0f,
+                                                fast_exp2(s[j1][3] - ref1) * 448.0f);
+          pa[kc][2 * half] = r0lo | (r0hi << 16);
+          pa[kc][2 * half + 1] = r1lo | (r1hi << 16);
+        }
       }
     }
   }
@@ -206,6 +243,21 @@ struct Consumer {
   __device__ __forceinline__ void fold(const unsigned char* meta, int lane) {
     const int t = lane & 3;
     const bf16* vscale = reinterpret_cast<const bf16*>(meta + 4 * T::kDp);
+    if constexpr (T::kPvInt8) {
+      // The exact int32 partial sums, scaled by v_scale * beta (sage_numerics.h step 5).
+      l[0] = fmaf(l[0], alpha[0], static_cast<float>(part[T::kDT][0]) * beta[0]);
+      l[1] = fmaf(l[1], alpha[1], static_cast<float>(part[T::kDT][2]) * beta[1]);
+#pragma unroll
+      for (int dt = 0; dt < T::kDT; ++dt) {
+        const float2 f =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vscale + dt * 8 + 2 * t));
+        acc[dt][0] = fmaf(static_cast<float>(part[dt][0]), f.x * beta[0], acc[dt][0] * alpha[0]);
+        acc[dt][1] = fmaf(static_cast<float>(part[dt][1]), f.y * beta[0], acc[dt][1] * alpha[0]);
+        acc[dt][2] = fmaf(static_cast<float>(part[dt][2]), f.x * beta[1], acc[dt][2] * alpha[1]);
+        acc[dt][3] = fmaf(static_cast<float>(part[dt][3]), f.y * beta[1], acc[dt][3] * alpha[1]);
+      }
+      return;
+    }
     l[0] = fmaf(l[0], alpha[0], part[T::kDT][0]);
     l[1] = fmaf(l[1], alpha[1], part[T::kDT][2]);
     if (__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
@@ -240,11 +292,26 @@ __device__ __forceinline__ void issue_qk(int (&si)[T::kNT][4], uint32_t q_wg, ui
   }
 }
 
-template <class T>
-__device__ __forceinline__ void issue_pv(float (&part)[T::kDT + 1][4], const uint32_t (&pa)[2][4],
+template <class T, class Part>
+__device__ __forceinline__ void issue_pv(Part (&part)[T::kPT][4], const uint32_t (&pa)[2][4],
                                          uint32_t sv) {
 #pragma unroll
-  for (int kc = 0; kc < 2; ++kc) wgmma_e4m3_n136(part, pa[kc], sw64_desc(sv + kc * 32), kc > 0);
+  for (int kc = 0; kc < 2; ++kc) {
+    if constexpr (T::kPvInt8) {
+      wgmma_u8s8_n144(part, pa[kc], sw64_desc(sv + kc * 32), kc > 0);
+    } else {
+      wgmma_e4m3_n136(part, pa[kc], sw64_desc(sv + kc * 32), kc > 0);
+    }
+  }
+}
+
+template <class T, class Part>
+__device__ __forceinline__ void keep_part(Part (&part)[T::kPT][4]) {
+  if constexpr (T::kPvInt8) {
+    wgmma_keep_int<T::kPT>(part);
+  } else {
+    wgmma_keep<T::kPT>(part);
+  }
 }
 
 template <class T>
@@ -270,11 +337,14 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
       mbarrier_init(empty(i), T::kConsumerThreads);
     }
   }
-  // Rows kDp .. kDp + 7 under every stage's V tile: FP8 ones, then zeros (the producer copies only
-  // rows below kDp). A row of 64 equal bytes reads the same through any swizzle.
-  for (int c = tid; c < kS * 8 * 4; c += T::kThreads) {
-    const int st = c / 32, r = T::kDp + (c / 4) % 8, ch = c % 4;
-    const uint32_t v = r == T::kDp ? 0x38383838u : 0u;  // 0x38: 1.0 in e4m3
+  // Rows kDp .. kVRows - 1 under every stage's V tile: ones (FP8 or INT8), then zeros (the
+  // producer copies only rows below kDp). A row of 64 equal bytes reads the same through any
+  // swizzle.
+  constexpr int kExtra = T::kVRows - T::kDp;
+  for (int c = tid; c < kS * kExtra * 4; c += T::kThreads) {
+    const int st = c / (kExtra * 4), r = T::kDp + (c / 4) % kExtra, ch = c % 4;
+    // 0x38: 1.0 in e4m3.
+    const uint32_t v = r == T::kDp ? (T::kPvInt8 ? 0x01010101u : 0x38383838u) : 0u;
     asm volatile(
         "st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(stage(st) + T::kKBytes + swz<64>(r, ch)),
         "r"(v)
@@ -363,7 +433,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
       named_arrive(other_turn, T::kConsumerThreads);
       wgmma_wait<0>();
       wgmma_keep_int<T::kNT>(c.si);
-      wgmma_keep<T::kDT + 1>(c.part);
+      keep_part<T>(c.part);
       c.fold(meta(prev), lane);
       mbarrier_arrive(empty(prev));  // page i - 1 is no longer read
       softmax(i);
@@ -375,7 +445,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
     wgmma_commit();
     if (wg == 0) named_arrive(other_turn, T::kConsumerThreads);
     wgmma_wait<0>();
-    wgmma_keep<T::kDT + 1>(c.part);
+    keep_part<T>(c.part);
     c.fold(meta(last), lane);
   }
 

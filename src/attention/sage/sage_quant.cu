@@ -159,13 +159,13 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const Sag
     }
     return;
   }
-  // V: one scale per channel; codes transposed, keys permuted (sage_params.h).
+  // V: one scale per channel; FP8 or INT8 codes, transposed, keys permuted (sage_params.h).
   if (d < dp) {
     float vmax = 0.0f;
     if (d < hd) {
       for (int j = 0; j < n; ++j) vmax = fmaxf(vmax, fabsf(__bfloat162float(vs[j][d])));
     }
-    const bf16 vscale_bf16 = __float2bfloat16_rn(vmax / 448.0f);
+    const bf16 vscale_bf16 = __float2bfloat16_rn(vmax / (p.v_int8 ? 127.0f : 448.0f));
     const float vscale = __bfloat162float(vscale_bf16);
     v_scale[d] = vscale_bf16;
     // Four positions per 4-byte store: the thread's row of codes is contiguous.
@@ -175,7 +175,9 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const Sag
       for (int i = 0; i < 4; ++i) {
         const int j = sage_v_key_of_position(pos0 + i);
         uint32_t code = 0;
-        if (j < n && vscale > 0.0f) {
+        if (j < n && p.v_int8) {
+          code = static_cast<uint8_t>(quantize_int8(__bfloat162float(vs[j][d]), vscale));
+        } else if (j < n && vscale > 0.0f) {
           code =
               __nv_cvt_float_to_fp8(__bfloat162float(vs[j][d]) / vscale, __NV_SATFINITE, __NV_E4M3);
         }

@@ -1,6 +1,7 @@
 // The 8-bit wgmma products of the Hopper sage_attn kernel (sm_90a): INT8 Q K^T with int32
 // accumulation (both operands K-major in shared memory) and FP8 e4m3 P V with fp32 accumulation
-// (P in registers, V K-major in shared memory). 8-bit operands are K-major only, which is why the
+// (P in registers, V K-major in shared memory), or UINT8 P times INT8 V with int32 accumulation
+// (int8 P.V). 8-bit operands are K-major only, which is why the
 // 8-bit pages store V transposed (sage_params.h). Fragment layouts are the m16n8k32 ones of
 // sage_mma.cuh, per warp of the warpgroup.
 #pragma once
@@ -58,6 +59,33 @@ __device__ __forceinline__ void wgmma_e4m3_n136(float (&d)[17][4], const uint32_
 }
 
 #undef SAGELLM_ACC4
+#define SAGELLM_ACC4I(j) "+r"(d[j][0]), "+r"(d[j][1]), "+r"(d[j][2]), "+r"(d[j][3])
+
+// d (64 x 144, int32) = (accumulate ? d : 0) + A (64 x 32, u8 fragments in registers) *
+// B (32 x 144, s8 in shared memory): V's 128 channels, then a row of ones (the row sums of P)
+// and 15 zero rows (mixed-sign integer products take N in steps of 16 past 128).
+__device__ __forceinline__ void wgmma_u8s8_n144(int (&d)[18][4], const uint32_t (&a)[4],
+                                                uint64_t desc_b, bool accumulate) {
+#if SAGELLM_HAS_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %77, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n144k32.s32.u8.s8 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
+      "%9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, "
+      "%27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, "
+      "%45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, "
+      "%63, %64, %65, %66, %67, %68, %69, %70, %71}, "
+      "{%72, %73, %74, %75}, %76, p;\n}\n"
+      : SAGELLM_ACC4I(0), SAGELLM_ACC4I(1), SAGELLM_ACC4I(2), SAGELLM_ACC4I(3), SAGELLM_ACC4I(4),
+        SAGELLM_ACC4I(5), SAGELLM_ACC4I(6), SAGELLM_ACC4I(7), SAGELLM_ACC4I(8), SAGELLM_ACC4I(9),
+        SAGELLM_ACC4I(10), SAGELLM_ACC4I(11), SAGELLM_ACC4I(12), SAGELLM_ACC4I(13),
+        SAGELLM_ACC4I(14), SAGELLM_ACC4I(15), SAGELLM_ACC4I(16), SAGELLM_ACC4I(17)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+#else
+  (void)d, (void)a, (void)desc_b, (void)accumulate;
+#endif
+}
+
+#undef SAGELLM_ACC4I
 
 template <int kNT>
 __device__ __forceinline__ void wgmma_keep_int(int (&d)[kNT][4]) {

@@ -89,7 +89,7 @@ json check_memory(Session& s) {
       {"weights.bytes_held", "bytes of weights this process holds (LlamaModel::weight_bytes)"},
       {"bytes_per_token",
        "KV cache bytes one token takes in the GPU cache layout (PagedKVCache::bytes_per_token): "
-       "bf16 K and V for the exact cache; int8 K + fp8 V plus per-page scales and means, spread "
+       "bf16 K and V for the exact cache; int8 K + 8-bit V plus per-page scales and means, spread "
        "over the page, for the 8-bit cache"},
       {"capacity_tokens", "tokens that fit in --kv-budget-gib at bytes_per_token, in whole pages"},
       {"capacity_requests_at_max_context",
