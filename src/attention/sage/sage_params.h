@@ -44,9 +44,12 @@ inline constexpr int kSageDecodeMaxRows = 64;
 // Packed rows per CTA of the split-KV kernel, and its warps (each takes whole pages).
 inline constexpr int kSageDecodeBlockM = 16;
 inline constexpr int kSageDecodeWarps = 4;
-// Split-KV granularity: about this many pages per split, at most kSageMaxSplits splits.
+// Split-KV granularity: about this many pages per split, at most kSageMaxSplits splits; a short
+// context is cut into up to kSageMinSplits splits of one page or more, so that one request's few
+// KV heads still spread over the GPU (batch 1, 1K keys, 8 KV heads: 128 one-warp CTAs, not 32).
 inline constexpr int kSageSplitPages = 4;
 inline constexpr int kSageMaxSplits = 64;
+inline constexpr int kSageMinSplits = 16;
 inline constexpr int kSageMaxHeadDim = 128;
 
 SAGELLM_SAGE_HD inline constexpr int sage_ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -96,6 +99,8 @@ SAGELLM_SAGE_HD inline constexpr int sage_pages_per_split(int kv_len) {
   const int pages = sage_ceil_div(kv_len, kSagePageSize);
   if (pages <= 0) return 1;
   int want = sage_ceil_div(pages, kSageSplitPages);
+  const int short_want = pages < kSageMinSplits ? pages : kSageMinSplits;
+  if (want < short_want) want = short_want;
   if (want > kSageMaxSplits) want = kSageMaxSplits;
   if (want < 1) want = 1;
   return sage_ceil_div(pages, want);
