@@ -29,6 +29,7 @@ constexpr std::array<BackendEntry, 2> kBackends = {{
 
 std::vector<std::string> attention_backend_names() {
   std::vector<std::string> names;
+  names.reserve(std::size(kBackends));
   for (const BackendEntry& e : kBackends) names.emplace_back(e.name);
   return names;
 }
