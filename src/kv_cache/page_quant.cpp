@@ -63,9 +63,4 @@ void quantize_v_page(const float* v, int n, int page_size, int head_dim, uint8_t
               static_cast<size_t>(page_size - n) * head_dim);
 }
 
-float v_code_value(uint8_t code, KVValueCodes encoding) {
-  return encoding == KVValueCodes::kInt8 ? static_cast<float>(static_cast<int8_t>(code))
-                                         : fp8_e4m3_to_float(code);
-}
-
 }  // namespace sagellm

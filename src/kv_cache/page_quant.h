@@ -30,6 +30,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "core/fp8.h"
+
 namespace sagellm {
 
 enum class KVValueCodes { kFp8E4M3, kInt8 };
@@ -43,7 +45,11 @@ void quantize_k_page(const float* k, int n, int page_size, int head_dim, int8_t*
 void quantize_v_page(const float* v, int n, int page_size, int head_dim, uint8_t* codes,
                      float* scale, KVValueCodes encoding = KVValueCodes::kFp8E4M3);
 
-// The value a stored V code stands for, before its channel scale.
-float v_code_value(uint8_t code, KVValueCodes encoding);
+// The value a stored V code stands for, before its channel scale (inline: attention reads every
+// code of a page through it).
+inline float v_code_value(uint8_t code, KVValueCodes encoding) {
+  return encoding == KVValueCodes::kInt8 ? static_cast<float>(static_cast<int8_t>(code))
+                                         : fp8_e4m3_to_float(code);
+}
 
 }  // namespace sagellm

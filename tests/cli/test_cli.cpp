@@ -155,6 +155,19 @@ TEST(Cli, KlDivergenceFlashVsFlashIsZeroAndSageIsSmall) {
   EXPECT_LT(mean, 0.01);
   EXPECT_GT(jk["same_top1"].get<double>(), 0.95);
 
+  // The int8 P.V mode, whose 8-bit cache holds INT8 V codes, through the CPU engine.
+  CommandResult int8 = sagellm("perplexity --model " + stories() + " --file " + file +
+                               " --ctx 512 --json --attention-backend sage_attn "
+                               "--sage-pv-dtype int8 --kl-divergence " +
+                               base);
+  ASSERT_EQ(int8.exit_code, 0) << int8.err;
+  const auto ji = nlohmann::json::parse(int8.out)["kl_divergence"];
+  std::printf("stories260K sample.txt: KLD(flash || sage_attn int8 P.V) mean %.3e\n",
+              ji["kld"]["mean"].get<double>());
+  EXPECT_GT(ji["kld"]["mean"].get<double>(), 0.0);
+  EXPECT_LT(ji["kld"]["mean"].get<double>(), 0.01);
+  EXPECT_GT(ji["same_top1"].get<double>(), 0.95);
+
   // A base file from another --ctx is refused.
   CommandResult other = sagellm("perplexity --model " + stories() + " --file " + file +
                                 " --ctx 256 --kl-divergence " + base);

@@ -174,9 +174,13 @@ float softmax_page_row_u8(const float* s, int visible, int n8, float& m, float& 
   beta = attention_cpu::exp2_nonpositive(page_max - m_new);
   m = m_new;
   float sum = 0.0f;  // of integers <= 255 * page size: exact
-  for (int j = 0; j < visible; ++j) {
-    p[j] = sage::round_p_u8(attention_cpu::exp2_nonpositive(s[j] - page_max));
-    sum += p[j];
+  const Vec4 mv = attention_cpu::splat4(page_max);
+  for (int j = 0; j < visible; j += 4) {
+    const Vec4 pe = attention_cpu::exp2_nonpositive(attention_cpu::load4(s + j) - mv);
+    for (int k = 0; k < 4 && j + k < visible; ++k) {
+      p[j + k] = sage::round_p_u8(pe[k]);
+      sum += p[j + k];
+    }
   }
   std::fill(p + visible, p + n8, 0.0f);
   l = l * alpha + sum * beta;
@@ -307,9 +311,10 @@ void run_item(const AttentionShape& shape, const AttentionBatch& batch, const Pa
 
     // Step 5: V in the P.V dtype, the page's partial, then its per-channel factor.
     if (pg.v8 != nullptr) {
+      const KVValueCodes codes = v_codes_of(prm.pv);
       for (int j = 0; j < n; ++j) {
         float* vr = &w.v[static_cast<size_t>(j) * w.d8];
-        for (int d = 0; d < hd; ++d) vr[d] = v_code_value(pg.v8[j * hd + d], v_codes_of(prm.pv));
+        for (int d = 0; d < hd; ++d) vr[d] = v_code_value(pg.v8[j * hd + d], codes);
       }
       for (int d = 0; d < hd; ++d) w.f[d] = pg.v_scale[d];
     } else {
