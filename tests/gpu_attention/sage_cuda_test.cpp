@@ -434,7 +434,6 @@ TEST(SageCuda, PageQuantizationBitwiseEqualsCpu) {
 
 TEST(SageCuda, BitwiseReproducibleAndBatchIndependent) {
   SKIP_WITHOUT_GPU();
-  const std::string pv = fp8_available() ? "fp8" : "fp16";
   const Problem p = make_problem({"repro",
                                   32,
                                   8,
@@ -444,23 +443,26 @@ TEST(SageCuda, BitwiseReproducibleAndBatchIndependent) {
                                   {{300, 900}, {1, 5000}, {7, 100}, {1, 64}},
                                   0.0f,
                                   500});
-  const PagedKVCache cache = cpu_cache(p, KVCacheDType::kInt8);
-  const Int8Layer l = build_int8_layer(p, cache);
-  const std::vector<uint16_t> first = run_sage_gpu(p, p.batch, pv, KVCacheDType::kInt8, &l);
-  for (int i = 0; i < 10; ++i) {
-    EXPECT_EQ(run_sage_gpu(p, p.batch, pv, KVCacheDType::kInt8, &l), first) << "rerun " << i;
-  }
-  // Each request alone (its rows moved to the front) gives the same bits.
-  const size_t row = static_cast<size_t>(p.spec.num_heads) * p.spec.head_dim;
-  for (size_t r = 0; r < p.batch.seqs.size(); ++r) {
-    AttentionBatch alone;
-    alone.causal = p.batch.causal;
-    alone.seqs.push_back(p.batch.seqs[r]);
-    const std::vector<uint16_t> out = run_sage_gpu(p, alone, pv, KVCacheDType::kInt8, &l);
-    const AttentionSeq& s = p.batch.seqs[r];
-    for (size_t i = static_cast<size_t>(s.q_start) * row;
-         i < static_cast<size_t>(s.q_start + s.q_len) * row; ++i) {
-      ASSERT_EQ(out[i], first[i]) << "request " << r << " element " << i;
+  for (const std::string& pv : pv_modes()) {
+    const PagedKVCache cache = cpu_cache(p, KVCacheDType::kInt8, codes_of(pv));
+    const Int8Layer l = build_int8_layer(p, cache);
+    const std::vector<uint16_t> first = run_sage_gpu(p, p.batch, pv, KVCacheDType::kInt8, &l);
+    for (int i = 0; i < 10; ++i) {
+      EXPECT_EQ(run_sage_gpu(p, p.batch, pv, KVCacheDType::kInt8, &l), first)
+          << pv << " rerun " << i;
+    }
+    // Each request alone (its rows moved to the front) gives the same bits.
+    const size_t row = static_cast<size_t>(p.spec.num_heads) * p.spec.head_dim;
+    for (size_t r = 0; r < p.batch.seqs.size(); ++r) {
+      AttentionBatch alone;
+      alone.causal = p.batch.causal;
+      alone.seqs.push_back(p.batch.seqs[r]);
+      const std::vector<uint16_t> out = run_sage_gpu(p, alone, pv, KVCacheDType::kInt8, &l);
+      const AttentionSeq& s = p.batch.seqs[r];
+      for (size_t i = static_cast<size_t>(s.q_start) * row;
+           i < static_cast<size_t>(s.q_start + s.q_len) * row; ++i) {
+        ASSERT_EQ(out[i], first[i]) << pv << " request " << r << " element " << i;
+      }
     }
   }
 }

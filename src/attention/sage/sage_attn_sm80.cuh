@@ -233,8 +233,8 @@ __device__ __forceinline__ float quad_max(float v) {
 // the bottom-right mask (lim0 / lim1: the rows' last visible keys), then the page's running-max
 // update: m_new is the new running max (m is the old one, which alpha needs) and ref the exp2
 // reference (m_new, or 0 while no key was visible), and page_max the rows' maxima over this page
-// (-inf for a row that sees none of its keys; int8 P.V rounds P against it). Shared by the sm_80
-// and the Hopper kernels, so both compute the same bits.
+// (-inf for a row that sees none of its keys; int8 P.V rounds P against it). The Hopper prefill
+// kernel computes the same values in another order (sage_numerics.h step 3).
 template <int kDp, int kNT>
 __device__ __forceinline__ void page_scores(const int (&si)[kNT][4], const float* mean,
                                             const unsigned char* qh_rows, float q_factor, float sc0,

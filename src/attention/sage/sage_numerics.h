@@ -27,6 +27,12 @@
 //      qm = sum_d q'[d] * k_mean[d]   (fp32, unquantized q': the smoothing is undone exactly).
 //    The integer sum is exact (int32 on the GPU; fp32 on the CPU, exact as |sum| <= 127^2 *
 //    head_dim < 2^24 for head_dim <= 1024). (q_scale * k_scale) is one fp32 product.
+//    The Hopper prefill kernel evaluates qm as c * sum_d q[d] * k_mean[d] on the tensor cores
+//    (k_mean as the exact sum of three bf16 parts, so every product is exact; fp32 sums) and
+//    P_j = exp2(s_j - m_new) of step 4 as exp2(fma(float(sum), q_scale * k_scale, qm - m_new))
+//    (fp8 mode: the factor 448 as + log2(448) in the exponent): the same values up to the
+//    rounding of a product and a sum per row and page and exp2's error, the order-of-operations
+//    differences this specification allows.
 // 4. Online softmax over the request's pages in order; the running max is updated once per page,
 //    the unit of the K and V scales: m_new = max(m, max over visible keys of the page of s),
 //    alpha = exp2(m - m_new) (0 on the first page), P_j = exp2(s_j - m_new) in [0, 1].

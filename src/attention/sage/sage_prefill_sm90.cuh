@@ -1,7 +1,7 @@
 // sage_attn prefill kernel, Hopper (sm_90a), fp8 and int8 P.V, head dim 128: INT8 Q K^T and FP8
 // P V (or UINT8 P times INT8 V, int8 mode) as wgmma products, warp-specialized. Numerics:
-// sage_numerics.h, step by step, as the sm_80 kernel (sage_attn_sm80.cuh), whose per-page
-// arithmetic this kernel shares.
+// sage_numerics.h, step by step, as the sm_80 kernel (sage_attn_sm80.cuh), up to the evaluation
+// order that the specification leaves free (below).
 //
 // One CTA = 128 new tokens of one query head: two consumer warpgroups of 64 rows (each thread
 // reads its two rows' Q scales, as in the sm_80 kernel) and one producer warpgroup, whose registers
@@ -9,10 +9,16 @@
 // the K scale, the K mean and the V scales change exactly at tile boundaries. The producer copies
 // each page (K codes, transposed V codes, then mean and scales; one block table lookup per page)
 // with cp.async into a ring of stages laid out as wgmma reads them (K rows of 128 bytes, 128-byte
-// swizzle; V rows of 64 bytes, 64-byte swizzle) and hands them over through full/empty mbarriers.
+// swizzle; V rows of 64 bytes, 64-byte swizzle), writes the page's K mean as three exact bf16
+// parts (split_mean) and hands the stage over through full/empty mbarriers.
 // Per page and warpgroup:
-//   S = Q8 K8^T (wgmma m64n64k32 s8, int32), dequantized with q_scale * k_scale plus q'.k_mean;
-//   one running-max update, P = exp2(S - m), rounded to FP8 (x448) in registers;
+//   S = Q8 K8^T (wgmma m64n64k32 s8, int32), and q . k_mean on the tensor cores too (bf16 queries
+//   times the mean's parts, wgmma m64n16k16: exact products, fp32 sums), so that the smoothing
+//   costs the softmax three additions and a multiply by q_factor per row instead of a 128-term
+//   dot product out of shared memory;
+//   one running-max update, taken over the integer products (s is increasing in them); P =
+//   exp2(S - m) as one FMA and one exp2 per score, rounded to FP8 (x448, folded into the exponent)
+//   in registers;
 //   partial = P V (wgmma m64n136k32 e4m3, a fresh fp32 accumulator), then
 //   acc = acc * alpha + partial * v_scale (the two-level accumulation of the specification).
 // The product's 8 extra columns multiply P by a row of ones kept under each stage's V tile: they
@@ -20,12 +26,14 @@
 // from FP8 and add up itself (the sums of at most 64 such values are exact in fp32). In int8
 // mode (16 extra columns) the page's P is rounded against each row's own page max and the
 // partial, exact in int32, is folded with v_scale * beta (sage_numerics.h step 5).
-// The consumers take turns at the tensor cores (two named barriers): one issues S_n together with
-// P_{n-1} V_{n-1} while the other dequantizes and exponentiates.
+// The consumers take turns at the tensor cores (two named barriers): one issues P_{n-1} V_{n-1}
+// and then S_n, folds page n - 1 while S_n is computed, then dequantizes and exponentiates page
+// n, while the other's products run.
 #pragma once
 
 #include <cuda_bf16.h>
 
+#include <climits>
 #include <cstdint>
 #include <type_traits>
 
@@ -45,6 +53,7 @@ using flash_cuda::sm90::named_sync;
 using flash_cuda::sm90::setmaxnreg_dec;
 using flash_cuda::sm90::setmaxnreg_inc;
 using flash_cuda::sm90::sw128_desc;
+using flash_cuda::sm90::sw128_offset;
 using flash_cuda::sm90::sw64_desc;
 using flash_cuda::sm90::wgmma_commit;
 using flash_cuda::sm90::wgmma_fence;
@@ -54,11 +63,8 @@ using sm80::bf16;
 using sm80::cp_async_16;
 using sm80::cp_async_commit;
 using sm80::cp_async_wait;
-using sm80::e4m3x2_to_f16x2;
-using sm80::f16x2_to_float2;
 using sm80::f32x2_to_e4m3x2;
 using sm80::fast_exp2;
-using sm80::quad_max;
 using sm80::quad_sum;
 using sm80::smem_addr;
 using sm80::swz;
@@ -87,10 +93,14 @@ struct PrefillTraits {
   static constexpr int kPT = kVRows / 8;  // 8-column tiles of the P.V product
   static constexpr int kVBytes = kSagePageSize * kVRows;
   static constexpr int kMetaBytes = 6 * kDp + 16;
-  // K at 0 and V at kKBytes (on 1024- and 512-byte boundaries, as the swizzles need), then meta.
-  static constexpr int kStageBytes = (kKBytes + kVBytes + kMetaBytes + 1023) / 1024 * 1024;
+  // The page's K mean as the B operand of q . k_mean (issue_qk): 16 rows of kDp bf16.
+  static constexpr int kMeanRows = 16;
+  // K at 0 and V at kKBytes (on 1024- and 512-byte boundaries, as the swizzles need), then meta,
+  // then the mean rows (on a 1024-byte boundary).
+  static constexpr int kMeanOffset = (kKBytes + kVBytes + kMetaBytes + 1023) / 1024 * 1024;
+  static constexpr int kStageBytes = kMeanOffset + kMeanRows * kDp * 2;
   static constexpr int kQ8Bytes = kRows * kDp;
-  static constexpr int kQhBytes = kRows * kDp * 2;
+  static constexpr int kQhBytes = kRows * kDp * 2;  // bf16 queries, 128-byte swizzle (wgmma)
   static constexpr int kSmemStages = kQ8Bytes + kQhBytes;
   static constexpr int kSmemBarriers = kSmemStages + kStages * kStageBytes;
   static constexpr int kSmemBytes = kSmemBarriers + 2 * kStages * 8 + 1024;
@@ -125,7 +135,8 @@ __device__ __forceinline__ void load_page(const SageParams& p, int32_t entry, in
   }
 }
 
-// The warpgroup's 64 rows of Q codes (for wgmma) and of bf16 queries (for q'.k_mean).
+// The warpgroup's 64 rows of Q codes (for Q8 K8^T) and of bf16 queries (for q . k_mean), both
+// as wgmma operands.
 template <class T>
 __device__ __forceinline__ void load_q(const SageParams& p, const sm80::SageBlock& b, uint32_t sq8,
                                        uint32_t sqh, int wg, int wtid) {
@@ -150,24 +161,73 @@ __device__ __forceinline__ void load_q(const SageParams& p, const sm80::SageBloc
     const bf16* src = valid ? q + static_cast<int64_t>(b.q_begin + token) * p.q_row_stride +
                                   static_cast<int64_t>(head) * p.q_head_stride + ch * 8
                             : q;
-    cp_async_16(sqh + swz<2 * T::kDp>(r, ch), src, valid);
+    cp_async_16(sqh + sw128_offset<T::kRows>(r, ch), src, valid);
   }
 }
+
+// The page's fp32 K mean (in the stage's meta) as 16 bf16 rows for q . k_mean: the mean is the
+// exact sum of three bf16 parts (hi, mid, lo: 8 significant bits each, 24 in all), so the products
+// with the bf16 queries are exact and the product's columns 2t, 2t + 1 and 8 + 2t give thread t of
+// every quad the three partial dot products of its rows: rows 2t hold hi, 2t + 1 mid, 8 + 2t lo,
+// 9 + 2t zeros (written once). Done by the producer thread c < kDp / 4 that copied the mean's
+// channels 4c .. 4c + 3, once its copies have landed.
+template <class T>
+__device__ __forceinline__ void split_mean(unsigned char* stage_ptr, uint32_t smean, int c) {
+  const float4 m4 = *reinterpret_cast<const float4*>(stage_ptr + T::kKBytes + T::kVBytes + 16 * c);
+  using flash_cuda::sm80::bf16_hi_to_float;
+  using flash_cuda::sm80::bf16_lo_to_float;
+  using flash_cuda::sm80::pack_bf16x2;
+  const float m[4] = {m4.x, m4.y, m4.z, m4.w};
+  uint32_t part[3][2];
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const uint32_t hi = pack_bf16x2(m[2 * k], m[2 * k + 1]);
+    const float r0 = m[2 * k] - bf16_lo_to_float(hi), r1 = m[2 * k + 1] - bf16_hi_to_float(hi);
+    const uint32_t mid = pack_bf16x2(r0, r1);
+    part[0][k] = hi;
+    part[1][k] = mid;
+    part[2][k] = pack_bf16x2(r0 - bf16_lo_to_float(mid), r1 - bf16_hi_to_float(mid));
+  }
+  // Channels 4c .. 4c + 3: 8 bytes into 16-byte chunk c / 2.
+  const uint32_t byte = (c & 1) * 8;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      const int row = k == 2 ? 8 + 2 * t : 2 * t + k;
+      asm volatile("st.shared.v2.u32 [%0], {%1, %2};\n" ::"r"(
+                       smean + sw128_offset<T::kMeanRows>(row, c / 2) + byte),
+                   "r"(part[k][0]), "r"(part[k][1])
+                   : "memory");
+    }
+  }
+}
+
+__device__ __forceinline__ int quad_max_int(int v) {
+  v = max(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return max(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+// log2(448): FP8 P's factor 448 enters as an offset of exp2's argument.
+inline constexpr float kLog2Fp8Max = 8.807354922057604f;
 
 // Registers of one consumer thread (rows g and g + 8 of its warp's 16).
 template <class T>
 struct Consumer {
   using Part = std::conditional_t<T::kPvInt8, int, float>;
   int si[T::kNT][4];     // Q8 K8^T of the current page
+  float qd[2][4];        // its q . k_mean parts (split_mean): hi, mid in tile 0, lo in tile 1
   Part part[T::kPT][4];  // P V of the previous page; column tile kDT: its row sums
   float acc[T::kDT][4];
-  uint32_t pa[2][4];  // FP8 (int8 mode: UINT8) P of the previous page: its two k32 steps
+  uint32_t pa[2][4];  // FP8 (int8 mode: UINT8) P of the last page: its two k32 steps
   float m[2], l[2], alpha[2];
-  float beta[2];  // int8 mode: exp2(page max - running max) of the previous page
+  float beta[2];  // int8 mode: exp2(page max - running max) of the last page
 
   __device__ __forceinline__ void init() {
 #pragma unroll
     for (int j = 0; j < T::kNT; ++j) si[j][0] = si[j][1] = si[j][2] = si[j][3] = 0;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) qd[j][0] = qd[j][1] = qd[j][2] = qd[j][3] = 0.0f;
 #pragma unroll
     for (int j = 0; j < T::kDT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 #pragma unroll
@@ -178,58 +238,96 @@ struct Consumer {
     beta[0] = beta[1] = 1.0f;
   }
 
-  // Scores of the page in `meta` (its mean and K scale) and the running max (sm80::page_scores, as
-  // the sm_80 kernel), then P in FP8 (into pa); the row sums come with the product (fold).
-  __device__ __forceinline__ void softmax(const SageParams& p, const unsigned char* meta,
-                                          const unsigned char* qh_rows, float qs0, float qs1,
-                                          int key0, int lim0, int lim1, bool masked, int lane) {
-    const float* mean = reinterpret_cast<const float*>(meta);
+  // The scores' products, once waited for, stay where the product put them.
+  __device__ __forceinline__ void keep_scores() {
+    wgmma_keep_int<T::kNT>(si);
+    wgmma_keep<2>(qd);
+  }
+
+  // Scores of the page in `meta` (its K scale; the q . k_mean parts in qd; sage_numerics.h steps
+  // 3 and 4), the running max, then P in FP8 (int8 mode: UINT8) into pa; the row sums come with
+  // the product (fold). s = si * sc + qm is increasing in the exact integer si (sc = q_scale *
+  // k_scale >= 0), so a row's page max is the s of its largest si: the maxima are taken over the
+  // integers, and each P is one FMA and one exp2, exp2(si * sc + (qm - reference)), with FP8's
+  // factor 448 folded into the offset (log2(448)); the same values up to the rounding of the
+  // offset's sum and of exp2.
+  __device__ __forceinline__ void softmax(const unsigned char* meta, float q_factor, float qs0,
+                                          float qs1, int key0, int lim0, int lim1, bool masked,
+                                          int lane) {
+    const int t = lane & 3;
     const float kscale = *reinterpret_cast<const float*>(meta + 6 * T::kDp);
-    float s[T::kNT][4], m_new[2], ref[2], page_max[2];
-    sm80::page_scores<T::kDp, T::kNT>(si, mean, qh_rows, p.q_factor, qs0 * kscale, qs1 * kscale,
-                                      key0, lim0, lim1, masked, m, s, m_new, ref, page_max, lane);
-    const float ref0 = ref[0], ref1 = ref[1];
+    // q'.k_mean = q_factor * (q . k_mean): the three exact parts' sums, then the factor.
+    const float qm0 = q_factor * ((qd[0][0] + qd[0][1]) + qd[1][0]);
+    const float qm1 = q_factor * ((qd[0][2] + qd[0][3]) + qd[1][2]);
+    if (masked) {
+      scores_to_p<true>(qs0 * kscale, qs1 * kscale, qm0, qm1, key0 + 2 * t, lim0, lim1);
+    } else {
+      scores_to_p<false>(qs0 * kscale, qs1 * kscale, qm0, qm1, key0 + 2 * t, lim0, lim1);
+    }
+  }
+
+  // key: the key of the thread's column 0 of column tile 0; lim0 / lim1: the rows' last visible
+  // keys (kMasked: a page with keys that some row does not see).
+  template <bool kMasked>
+  __device__ __forceinline__ void scores_to_p(float sc0, float sc1, float qm0, float qm1, int key,
+                                              int lim0, int lim1) {
+    const auto visible = [&](int j, int e) {
+      return !kMasked || key + 8 * j + (e & 1) <= (e < 2 ? lim0 : lim1);
+    };
+    int i0 = INT_MIN, i1 = INT_MIN;  // |si| <= 127^2 * 128: INT_MIN is no product
+#pragma unroll
+    for (int j = 0; j < T::kNT; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (visible(j, e)) i0 = max(i0, si[j][e]);
+        if (visible(j, e + 2)) i1 = max(i1, si[j][e + 2]);
+      }
+    }
+    i0 = quad_max_int(i0);
+    i1 = quad_max_int(i1);
+    const float pm0 = i0 == INT_MIN ? -INFINITY : fmaf(static_cast<float>(i0), sc0, qm0);
+    const float pm1 = i1 == INT_MIN ? -INFINITY : fmaf(static_cast<float>(i1), sc1, qm1);
+    const float m_new0 = fmaxf(m[0], pm0), m_new1 = fmaxf(m[1], pm1);
+    const float ref0 = m_new0 == -INFINITY ? 0.0f : m_new0;
+    const float ref1 = m_new1 == -INFINITY ? 0.0f : m_new1;
     alpha[0] = fast_exp2(m[0] - ref0);
     alpha[1] = fast_exp2(m[1] - ref1);
-    m[0] = m_new[0];
-    m[1] = m_new[1];
+    m[0] = m_new0;
+    m[1] = m_new1;
+    float off0, off1;
     if constexpr (T::kPvInt8) {
       // P against the rows' own page max, as the sm_80 kernel (sage_attn_sm80.cuh).
-      const float e0 = page_max[0] == -INFINITY ? 0.0f : page_max[0];
-      const float e1 = page_max[1] == -INFINITY ? 0.0f : page_max[1];
-      beta[0] = fast_exp2(page_max[0] - ref0);
-      beta[1] = fast_exp2(page_max[1] - ref1);
-#pragma unroll
-      for (int kc = 0; kc < 2; ++kc) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int j0 = 4 * kc + 2 * half, j1 = j0 + 1;
-          pa[kc][2 * half] = sm80::pack_u8x4(sm80::u8_code_float(fast_exp2(s[j0][0] - e0)),
-                                             sm80::u8_code_float(fast_exp2(s[j0][1] - e0)),
-                                             sm80::u8_code_float(fast_exp2(s[j1][0] - e0)),
-                                             sm80::u8_code_float(fast_exp2(s[j1][1] - e0)));
-          pa[kc][2 * half + 1] = sm80::pack_u8x4(sm80::u8_code_float(fast_exp2(s[j0][2] - e1)),
-                                                 sm80::u8_code_float(fast_exp2(s[j0][3] - e1)),
-                                                 sm80::u8_code_float(fast_exp2(s[j1][2] - e1)),
-                                                 sm80::u8_code_float(fast_exp2(s[j1][3] - e1)));
-        }
-      }
+      off0 = qm0 - (pm0 == -INFINITY ? 0.0f : pm0);
+      off1 = qm1 - (pm1 == -INFINITY ? 0.0f : pm1);
+      beta[0] = fast_exp2(pm0 - ref0);
+      beta[1] = fast_exp2(pm1 - ref1);
     } else {
+      off0 = (qm0 - ref0) + kLog2Fp8Max;
+      off1 = (qm1 - ref1) + kLog2Fp8Max;
+    }
+    // P (times 448 in fp8 mode) of element e of column tile j; 0 for a hidden key.
+    const auto pv = [&](int j, int e) {
+      const float x =
+          fast_exp2(fmaf(static_cast<float>(si[j][e]), e < 2 ? sc0 : sc1, e < 2 ? off0 : off1));
+      return visible(j, e) ? x : 0.0f;
+    };
 #pragma unroll
-      for (int kc = 0; kc < 2; ++kc) {
+    for (int kc = 0; kc < 2; ++kc) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int j0 = 4 * kc + 2 * half, j1 = j0 + 1;
-          const uint32_t r0lo = f32x2_to_e4m3x2(fast_exp2(s[j0][0] - ref0) * 448.0f,
-                                                fast_exp2(s[j0][1] - ref0) * 448.0f);
-          const uint32_t r0hi = f32x2_to_e4m3x2(fast_exp2(s[j1][0] - ref0) * 448.0f,
-                                                fast_exp2(s[j1][1] - ref0) * 448.0f);
-          const uint32_t r1lo = f32x2_to_e4m3x2(fast_exp2(s[j0][2] - ref1) * 448.0f,
-                                                fast_exp2(s[j0][3] - ref1) * 448.0f);
-          const uint32_t r1hi = f32x2_to_e4m3x2(fast_exp2(s[j1][2] - ref1) * 448.0f,
-                                                fast_exp2(s[j1][3] - ref1) * 448.0f);
-          pa[kc][2 * half] = r0lo | (r0hi << 16);
-          pa[kc][2 * half + 1] = r1lo | (r1hi << 16);
+      for (int half = 0; half < 2; ++half) {
+        const int j0 = 4 * kc + 2 * half, j1 = j0 + 1;
+        if constexpr (T::kPvInt8) {
+          using sm80::pack_u8x4;
+          using sm80::u8_code_float;
+          pa[kc][2 * half] = pack_u8x4(u8_code_float(pv(j0, 0)), u8_code_float(pv(j0, 1)),
+                                       u8_code_float(pv(j1, 0)), u8_code_float(pv(j1, 1)));
+          pa[kc][2 * half + 1] = pack_u8x4(u8_code_float(pv(j0, 2)), u8_code_float(pv(j0, 3)),
+                                           u8_code_float(pv(j1, 2)), u8_code_float(pv(j1, 3)));
+        } else {
+          pa[kc][2 * half] =
+              f32x2_to_e4m3x2(pv(j0, 0), pv(j0, 1)) | (f32x2_to_e4m3x2(pv(j1, 0), pv(j1, 1)) << 16);
+          pa[kc][2 * half + 1] =
+              f32x2_to_e4m3x2(pv(j0, 2), pv(j0, 3)) | (f32x2_to_e4m3x2(pv(j1, 2), pv(j1, 3)) << 16);
         }
       }
     }
@@ -284,11 +382,21 @@ struct Consumer {
   }
 };
 
+// S = Q8 K8^T (int32) and the parts of q . k_mean (fp32, bf16 products) of the page in stage sk,
+// for the warpgroup's rows (Q codes at q_wg, bf16 queries at qh_wg); issued, not waited for.
 template <class T>
-__device__ __forceinline__ void issue_qk(int (&si)[T::kNT][4], uint32_t q_wg, uint32_t sk) {
+__device__ __forceinline__ void issue_qk(Consumer<T>& c, uint32_t q_wg, uint32_t qh_wg,
+                                         uint32_t sk) {
 #pragma unroll
   for (int kk = 0; kk < T::kDp / 32; ++kk) {
-    wgmma_s8_n64(si, sw128_desc(q_wg + kk * 32, 0), sw128_desc(sk + kk * 32, 0), kk > 0);
+    wgmma_s8_n64(c.si, sw128_desc(q_wg + kk * 32, 0), sw128_desc(sk + kk * 32, 0), kk > 0);
+  }
+  const uint32_t smean = sk + T::kMeanOffset;
+#pragma unroll
+  for (int kk = 0; kk < T::kDp / 16; ++kk) {
+    const uint32_t col = (kk & 3) * 32;  // 16 columns = 32 bytes into the 128-byte row
+    wgmma_bf16_n16(c.qd, sw128_desc(qh_wg + (kk >> 2) * (T::kRows * 128) + col, 0),
+                   sw128_desc(smean + (kk >> 2) * (T::kMeanRows * 128) + col, 0), kk > 0);
   }
 }
 
@@ -350,6 +458,15 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
         "r"(v)
         : "memory");
   }
+  // The zero rows 9, 11, 13, 15 of every stage's mean tile (split_mean writes the others).
+  for (int c = tid; c < kS * 4 * 2 * T::kDp / 16; c += T::kThreads) {
+    constexpr int kChunks = 2 * T::kDp / 16;  // 16-byte chunks of a bf16 row
+    const int st = c / (4 * kChunks), r = 9 + 2 * ((c / kChunks) % 4), ch = c % kChunks;
+    asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(
+                     stage(st) + T::kMeanOffset + sw128_offset<T::kMeanRows>(r, ch)),
+                 "r"(0u)
+                 : "memory");
+  }
   fence_proxy_async_smem();
   __syncthreads();
   const int n_pages = b.page_end - b.page_begin;
@@ -360,6 +477,16 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
     // is signalled after page i is issued, so two pages stay in flight.
     setmaxnreg_dec<T::kProducerRegs>();
     const int ptid = tid - T::kConsumerThreads;
+    // Page j has landed (the thread's own copies of it): its mean rows, then the hand-over.
+    const auto publish = [&](int j) {
+      const int st = j % kS;
+      if (ptid < T::kDp / 4) {
+        split_mean<T>(smem + T::kSmemStages + st * T::kStageBytes, stage(st) + T::kMeanOffset,
+                      ptid);
+      }
+      fence_proxy_async_smem();
+      mbarrier_arrive(full(st));
+    };
     for (int i = 0; i < n_pages; ++i) {
       const int st = i % kS;
       if (i >= kS) mbarrier_wait(empty(st), (i / kS - 1) & 1);
@@ -367,14 +494,12 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
       cp_async_commit();
       if (i >= 1) {
         cp_async_wait<1>();
-        fence_proxy_async_smem();
-        mbarrier_arrive(full((i - 1) % kS));
+        publish(i - 1);
       }
     }
     if (n_pages >= 1) {
       cp_async_wait<0>();
-      fence_proxy_async_smem();
-      mbarrier_arrive(full((n_pages - 1) % kS));
+      publish(n_pages - 1);
     }
     return;
   }
@@ -388,7 +513,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
   fence_proxy_async_smem();
   named_sync(3 + wg, 128);
   const uint32_t q_wg = sq8 + wg * 64 * T::kDp;
-  const unsigned char* qh_rows = smem + T::kQ8Bytes + warp * 16 * 2 * T::kDp;
+  const uint32_t qh_wg = sqh + wg * 64 * 128;
   int tok0, head0, tok1, head1;
   const bool valid0 = sm80::row_of<T>(b, warp * 16 + g, tok0, head0);
   const bool valid1 = sm80::row_of<T>(b, warp * 16 + g + 8, tok1, head1);
@@ -403,39 +528,42 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
   const int lim1 = p.causal ? min(b.kv_len - 1, b.causal_offset + tok1) : b.kv_len - 1;
   Consumer<T> c;
   c.init();
-  const auto softmax = [&](int i) {
-    const int page = b.page_begin + i;
-    c.softmax(p, meta(i % kS), qh_rows, qs0, qs1, page * kSagePageSize, lim0, lim1,
-              page >= b.first_masked_page, lane);
-  };
   // Turns at the tensor cores, as in the flash Hopper kernel: warpgroup 0 first, each turn hands
   // over to the other, warpgroup 1's last hand-over is left out (its first one balances it).
   const int my_turn = 1 + wg, other_turn = 2 - wg;
+  const auto softmax = [&](int i) {
+    const int page = b.page_begin + i;
+    c.softmax(meta(i % kS), p.q_factor, qs0, qs1, page * kSagePageSize, lim0, lim1,
+              page >= b.first_masked_page, lane);
+  };
   if (n_pages > 0) {
     if (wg == 1) named_arrive(1, T::kConsumerThreads);
     mbarrier_wait(full(0), 0);
     named_sync(my_turn, T::kConsumerThreads);
     wgmma_fence();
-    issue_qk<T>(c.si, q_wg, stage(0));
+    issue_qk<T>(c, q_wg, qh_wg, stage(0));
     wgmma_commit();
     named_arrive(other_turn, T::kConsumerThreads);
     wgmma_wait<0>();
-    wgmma_keep_int<T::kNT>(c.si);
+    c.keep_scores();
     softmax(0);
     for (int i = 1; i < n_pages; ++i) {
       const int st = i % kS, prev = (i - 1) % kS;
       mbarrier_wait(full(st), (i / kS) & 1);
       named_sync(my_turn, T::kConsumerThreads);
       wgmma_fence();
-      issue_qk<T>(c.si, q_wg, stage(st));
+      // P_{i-1} V_{i-1} first, then S_i: page i - 1 is folded while S_i is being computed.
       issue_pv<T>(c.part, c.pa, stage(prev) + T::kKBytes);
       wgmma_commit();
+      issue_qk<T>(c, q_wg, qh_wg, stage(st));
+      wgmma_commit();
       named_arrive(other_turn, T::kConsumerThreads);
-      wgmma_wait<0>();
-      wgmma_keep_int<T::kNT>(c.si);
+      wgmma_wait<1>();
       keep_part<T>(c.part);
       c.fold(meta(prev), lane);
       mbarrier_arrive(empty(prev));  // page i - 1 is no longer read
+      wgmma_wait<0>();
+      c.keep_scores();
       softmax(i);
     }
     const int last = (n_pages - 1) % kS;
