@@ -34,7 +34,7 @@ bool fp8_available() { return sage_cuda::sage_fp8_pv_available(); }
 
 std::vector<std::string> pv_modes() {
   std::vector<std::string> m = {"fp16", "int8"};
-  if (fp8_available()) m.push_back("fp8");
+  if (fp8_available()) m.emplace_back("fp8");
   return m;
 }
 
@@ -391,8 +391,8 @@ TEST(SageCuda, PageQuantizationBitwiseEqualsCpu) {
           for (int j = 0; j < n; ++j) {
             for (int d = 0; d < hd; ++d) {
               const size_t src = (static_cast<size_t>(pi * kSagePageSize + j) * kvh + h) * hd + d;
-              kt[static_cast<size_t>(j * hd + d)] = p.k[0][src];
-              vt[static_cast<size_t>(j * hd + d)] = p.v[0][src];
+              kt[static_cast<size_t>(j) * hd + d] = p.k[0][src];
+              vt[static_cast<size_t>(j) * hd + d] = p.v[0][src];
             }
           }
           std::vector<int8_t> kc(static_cast<size_t>(kSagePageSize) * hd);
@@ -410,8 +410,8 @@ TEST(SageCuda, PageQuantizationBitwiseEqualsCpu) {
           const uint8_t* b = got.data() + (static_cast<size_t>(pi) * kvh + h) * block;
           for (int j = 0; j < kSagePageSize; ++j) {
             for (int d = 0; d < dp; ++d) {
-              const int8_t want_k = d < hd ? kc[static_cast<size_t>(j * hd + d)] : int8_t{0};
-              const uint8_t want_v = d < hd ? vc[static_cast<size_t>(j * hd + d)] : uint8_t{0};
+              const int8_t want_k = d < hd ? kc[static_cast<size_t>(j) * hd + d] : int8_t{0};
+              const uint8_t want_v = d < hd ? vc[static_cast<size_t>(j) * hd + d] : uint8_t{0};
               mismatches += static_cast<int8_t>(b[j * dp + d]) != want_k;
               mismatches += b[sage_cuda::sage_v_codes_offset(dp) + d * kSagePageSize +
                               sage_cuda::sage_v_position_of_key(j)] != want_v;
