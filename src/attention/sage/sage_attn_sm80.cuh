@@ -1,15 +1,13 @@
-// sage_attn attention kernels over 8-bit pages, mma.sync (runs on sm_80 with int8 and fp16 P.V
-// and on sm_89+/sm_90 with fp8 P.V too). Numerics: sage_numerics.h, step by step.
+// sage_attn prefill kernel over 8-bit pages, mma.sync (runs on sm_80 with int8 and fp16 P.V and
+// on sm_89+/sm_90 with fp8 P.V too; Hopper runs sage_prefill_sm90.cuh for fp8 and int8 P.V at
+// head dim 128).
+// Numerics: sage_numerics.h, step by step. Decode and short extends run the split-KV kernel
+// (sage_decode_sm80.cuh).
 //
-// One kernel template serves both phases. A CTA holds kWarps x 16 query rows of one KV head; every
-// warp owns 16 rows and all warps walk the same pages:
-// - prefill (kSplit = false): 8 warps, the 128 new tokens m0.. of one query head, 16 rows per
-//   warp (each row with its own Q scale);
-// - split-KV (kSplit = true): one warp, 16 rows packed across the GQA group (row r = new token
-//   r / group of query head kv_head * group + r % group), over one split of the request's pages.
-// The key tile is one page of 64 keys, loaded into shared memory with cp.async (K codes, V codes
-// and the page's mean and scales), double-buffered in prefill and single-buffered in split-KV
-// (SageTraits::kStages). Per page and warp:
+// A CTA holds the 128 new tokens m0.. of one query head, 16 rows per warp (each row with its own
+// Q scale); all 8 warps walk the same pages. The key tile is one page of 64 keys, loaded into
+// shared memory with cp.async (K codes, V codes and the page's mean and scales), double-buffered.
+// Per page and warp:
 //   S = (Q8 K8^T) * (q_scale * k_scale) + q'.k_mean    (INT8 m16n8k32, int32 accumulation)
 //   one running-max update per page, P = exp2(S - m) (the bottom-right causal mask applied),
 //   P rounded to FP8 (x448) or FP16, partial = P V (FP8 m16n8k32 or FP16 m16n8k16, fp32) per
@@ -25,27 +23,24 @@
 #include <cstdint>
 
 #include "attention/sage/sage_mma.cuh"
+#include "attention/sage/sage_page_load_sm80.cuh"
 #include "attention/sage/sage_params.h"
 
 namespace sagellm::sage_cuda::sm80 {
 
 using bf16 = __nv_bfloat16;
 
-template <int kDp_, int kWarps_, bool kSplit_, SagePv kPv_>
+template <int kDp_, int kWarps_, SagePv kPv_>
 struct SageTraits {
   static constexpr int kDp = kDp_;
   static constexpr int kWarps = kWarps_;
-  static constexpr bool kSplit = kSplit_;
   static constexpr SagePv kPv = kPv_;
   static constexpr bool kPvFp8 = kPv == SagePv::kFp8;
   static constexpr bool kPvInt8 = kPv == SagePv::kInt8;
   static constexpr bool kPvFp16 = kPv == SagePv::kFp16;
   static constexpr int kRows = 16 * kWarps;
   static constexpr int kThreads = 32 * kWarps;
-  // The split-KV kernel is one warp per CTA whose page step takes several times a page's load
-  // latency, so it runs single-buffered: 24 instead of 41 KB of shared memory lets 8 instead of 5
-  // CTAs share an SM (then registers bind), and the other warps hide each one's loads.
-  static constexpr int kStages = kSplit ? 1 : 2;
+  static constexpr int kStages = 2;
   static constexpr int kKSteps = kDp / 32;  // k32 steps of Q K^T
   static constexpr int kNT = kSagePageSize / 8;
   static constexpr int kDT = kDp / 8;
@@ -64,11 +59,9 @@ struct SageTraits {
 struct SageBlock {
   int seq, kv_head, head, group;
   int q_begin, q_len, kv_len, causal_offset;
-  int row_base;  // prefill: first new token of the CTA; split: first packed row
-  int rows;      // split: q_len * group
+  int row_base;  // first new token of the CTA
   int page_begin, page_end;
   int first_masked_page;  // pages before it need no mask
-  int num_splits, split;
 };
 
 template <class T>
@@ -77,60 +70,29 @@ __device__ __forceinline__ bool sage_block(const SageParams& p, SageBlock& b) {
   b.q_begin = p.cu_seqlens_q[b.seq];
   b.q_len = p.cu_seqlens_q[b.seq + 1] - b.q_begin;
   b.group = p.num_heads / p.num_kv_heads;
-  if (b.q_len <= 0 || sage_uses_split_kernel(b.q_len, b.group) != T::kSplit) return false;
+  if (b.q_len <= 0 || sage_uses_split_kernel(b.q_len, b.group)) return false;
   b.kv_len = p.kv_lens[b.seq];
   b.causal_offset = b.kv_len - b.q_len;
-  const int kv_pages = sage_ceil_div(b.kv_len, kSagePageSize);
-  if constexpr (!T::kSplit) {
-    b.head = blockIdx.y;
-    b.kv_head = b.head / b.group;
-    // Heavier (later) blocks of a causal request first: they have the most pages.
-    b.row_base = (gridDim.x - 1 - blockIdx.x) * T::kRows;
-    if (b.row_base >= b.q_len) return false;
-    const int rows = min(T::kRows, b.q_len - b.row_base);
-    const int key_end = p.causal ? min(b.kv_len, b.causal_offset + b.row_base + rows) : b.kv_len;
-    const int all_see = p.causal ? min(b.kv_len, b.causal_offset + b.row_base + 1) : b.kv_len;
-    b.page_begin = 0;
-    b.page_end = sage_ceil_div(key_end, kSagePageSize);
-    b.first_masked_page = all_see / kSagePageSize;
-    b.num_splits = 1;
-    b.split = 0;
-  } else {
-    b.rows = b.q_len * b.group;
-    const int m_block = blockIdx.y / p.num_kv_heads;
-    b.kv_head = blockIdx.y % p.num_kv_heads;
-    b.head = -1;
-    b.row_base = m_block * T::kRows;
-    if (b.row_base >= b.rows) return false;
-    b.num_splits = sage_num_splits(b.kv_len);
-    b.split = blockIdx.x;
-    if (b.split >= b.num_splits) return false;
-    const int pps = sage_pages_per_split(b.kv_len);
-    b.page_begin = b.split * pps;
-    b.page_end = min(b.page_begin + pps, kv_pages);
-    if (p.causal) {
-      const int last_row = min(b.row_base + T::kRows, b.rows) - 1;
-      const int key_end = b.causal_offset + last_row / b.group + 1;
-      b.page_end = min(b.page_end, sage_ceil_div(key_end, kSagePageSize));
-    }
-    b.first_masked_page = 0;
-  }
+  b.head = blockIdx.y;
+  b.kv_head = b.head / b.group;
+  // Heavier (later) blocks of a causal request first: they have the most pages.
+  b.row_base = (gridDim.x - 1 - blockIdx.x) * T::kRows;
+  if (b.row_base >= b.q_len) return false;
+  const int rows = min(T::kRows, b.q_len - b.row_base);
+  const int key_end = p.causal ? min(b.kv_len, b.causal_offset + b.row_base + rows) : b.kv_len;
+  const int all_see = p.causal ? min(b.kv_len, b.causal_offset + b.row_base + 1) : b.kv_len;
+  b.page_begin = 0;
+  b.page_end = sage_ceil_div(key_end, kSagePageSize);
+  b.first_masked_page = all_see / kSagePageSize;
   return true;
 }
 
 // (new token, query head) of CTA row r, or false for a padding row.
 template <class T>
 __device__ __forceinline__ bool row_of(const SageBlock& b, int r, int& token, int& head) {
-  if constexpr (!T::kSplit) {
-    token = b.row_base + r;
-    head = b.head;
-    return token < b.q_len;
-  } else {
-    const int pr = b.row_base + r;
-    token = pr / b.group;
-    head = b.kv_head * b.group + pr % b.group;
-    return pr < b.rows;
-  }
+  token = b.row_base + r;
+  head = b.head;
+  return token < b.q_len;
 }
 
 // The Q codes and the bf16 queries (for q' . k_mean) of the CTA's rows; padding rows are zero.
@@ -159,50 +121,6 @@ __device__ __forceinline__ void load_q(const SageParams& p, const SageBlock& b, 
                                   static_cast<int64_t>(head) * p.q_head_stride + ch * 8
                             : q;
     cp_async_16(sqh + swz<2 * T::kDp>(r, ch), src, valid);
-  }
-}
-
-// One page of one KV head into a stage: K codes, V (FP8 codes, or fp16 values of a page quantized
-// on the fly in fp16 mode), then mean, V scales and K scale.
-template <class T>
-__device__ __forceinline__ void load_page(const SageParams& p, int32_t entry, int kv_head,
-                                          uint32_t stage, int tid) {
-  const uint8_t* blk;
-  const uint8_t* v16 = nullptr;
-  if (entry >= 0) {
-    blk = p.pages8 + static_cast<int64_t>(entry) * p.page8_stride +
-          static_cast<int64_t>(kv_head) * p.head8_stride;
-  } else {
-    const int64_t slot = -static_cast<int64_t>(entry) - 1;
-    blk = p.scratch8 + slot * p.scratch_page_stride +
-          static_cast<int64_t>(kv_head) * p.scratch_head_stride;
-    if constexpr (T::kPvFp16) {
-      v16 = reinterpret_cast<const uint8_t*>(p.scratch_v16 + slot * p.scratch_v16_page_stride +
-                                             static_cast<int64_t>(kv_head) *
-                                                 p.scratch_v16_head_stride);
-    }
-  }
-  constexpr int kKC = T::kDp / 16;
-  for (int c = tid; c < kSagePageSize * kKC; c += T::kThreads) {
-    const int r = c / kKC, ch = c % kKC;
-    cp_async_16(stage + swz<T::kDp>(r, ch), blk + r * T::kDp + ch * 16, true);
-  }
-  const uint32_t sv = stage + T::kKBytes;
-  if (v16 == nullptr) {
-    const uint8_t* vsrc = blk + sage_v_codes_offset(T::kDp);
-    for (int c = tid; c < T::kDp * 4; c += T::kThreads) {
-      const int r = c / 4, ch = c % 4;
-      cp_async_16(sv + swz<64>(r, ch), vsrc + r * 64 + ch * 16, true);
-    }
-  } else {
-    for (int c = tid; c < T::kDp * 8; c += T::kThreads) {
-      const int r = c / 8, ch = c % 8;
-      cp_async_16(sv + swz<128>(r, ch), v16 + r * 128 + ch * 16, true);
-    }
-  }
-  const uint8_t* msrc = blk + sage_k_mean_offset(T::kDp);
-  for (int c = tid; c < T::kMetaBytes / 16; c += T::kThreads) {
-    cp_async_16(stage + T::kKBytes + T::kVBytes + c * 16, msrc + c * 16, true);
   }
 }
 
@@ -562,15 +480,8 @@ __global__ void __launch_bounds__(T::kThreads) sage_attn_kernel(const SageParams
   WarpState<T> w;
   w.init();
   for (int i = 0; i < n_pages; ++i) {
-    const int st = T::kStages == 1 ? 0 : i & 1;
-    if constexpr (T::kStages == 1) {
-      // Page i replaces page i - 1, whose step ended with a barrier.
-      if (i > 0) {
-        load_page<T>(p, block_row[b.page_begin + i], b.kv_head, stage_addr(0), tid);
-        cp_async_commit();
-      }
-      cp_async_wait<0>();
-    } else if (i + 1 < n_pages) {
+    const int st = i & 1;
+    if (i + 1 < n_pages) {
       // The other stage was last read in iteration i - 1, which ended with a barrier.
       load_page<T>(p, block_row[b.page_begin + i + 1], b.kv_head, stage_addr(st ^ 1), tid);
       cp_async_commit();
@@ -588,33 +499,7 @@ __global__ void __launch_bounds__(T::kThreads) sage_attn_kernel(const SageParams
   cp_async_wait<0>();
 
   const float l0 = quad_sum(w.l[0]), l1 = quad_sum(w.l[1]);
-  if (!T::kSplit || b.num_splits == 1) {
-    store_rows<T::kDT>(p, b, w.acc, l0, l1, valid0, tok0, head0, valid1, tok1, head1, t);
-    return;
-  }
-  // More than one split: unnormalized accumulators, running max and sum to the workspace.
-  if constexpr (T::kSplit) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const bool valid = r == 0 ? valid0 : valid1;
-      if (!valid) continue;
-      const int tok = r == 0 ? tok0 : tok1, head = r == 0 ? head0 : head1;
-      const int64_t slot = static_cast<int64_t>(p.split_offsets[b.seq]) +
-                           (static_cast<int64_t>(tok) * p.num_heads + head) * b.num_splits +
-                           b.split;
-      float* acc_out = p.split_acc + slot * p.head_dim;
-#pragma unroll
-      for (int j = 0; j < T::kDT; ++j) {
-        const int d = j * 8 + 2 * t;
-        if (d >= p.head_dim) continue;
-        *reinterpret_cast<float2*>(acc_out + d) = make_float2(w.acc[j][2 * r], w.acc[j][2 * r + 1]);
-      }
-      if (t == 0) {
-        p.split_ml[slot * 2] = w.m[r];
-        p.split_ml[slot * 2 + 1] = r == 0 ? l0 : l1;
-      }
-    }
-  }
+  store_rows<T::kDT>(p, b, w.acc, l0, l1, valid0, tok0, head0, valid1, tok1, head1, t);
 }
 
 }  // namespace sagellm::sage_cuda::sm80

@@ -3,7 +3,7 @@
 #include <atomic>
 
 #include "attention/flash/flash_smem_config.cuh"
-#include "attention/sage/sage_attn_sm80.cuh"
+#include "attention/sage/sage_decode_sm80.cuh"
 #include "attention/sage/sage_launch_sm80.cuh"
 #include "attention/split_kv_combine.cuh"
 
@@ -22,13 +22,13 @@ struct SageSplits {
 
 template <int kHeadDim, SagePv kPv>
 cudaError_t launch_decode(const SageParams& p, int m_blocks, int max_splits, cudaStream_t stream) {
-  using T = SageTraits<kHeadDim, 1, true, kPv>;
+  using T = SageDecodeTraits<kHeadDim, kPv>;
   static std::atomic<uint64_t> smem_set{0};
   const cudaError_t err =
-      flash_cuda::sm80::ensure_dynamic_smem(sage_attn_kernel<T>, T::kSmemBytes, smem_set);
+      flash_cuda::sm80::ensure_dynamic_smem(sage_decode_kernel<T>, T::kSmemBytes, smem_set);
   if (err != cudaSuccess) return err;
   const dim3 grid(max_splits, p.num_kv_heads * m_blocks, p.num_seqs);
-  sage_attn_kernel<T><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  sage_decode_kernel<T><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -42,7 +42,7 @@ template cudaError_t launch_decode<128, SagePv::kFp16>(const SageParams&, int, i
 cudaError_t fp8_kernel_binary_version(int* version) {
   cudaFuncAttributes attr{};
   const cudaError_t err =
-      cudaFuncGetAttributes(&attr, sage_attn_kernel<SageTraits<128, 1, true, SagePv::kFp8>>);
+      cudaFuncGetAttributes(&attr, sage_decode_kernel<SageDecodeTraits<128, SagePv::kFp8>>);
   if (err == cudaSuccess) *version = attr.binaryVersion;
   return err;
 }

@@ -1,7 +1,7 @@
 // Warp-level building blocks of the sage_attn kernels, on top of the flash ones (cp.async,
-// ldmatrix, bf16 packing): the INT8 (s8.s8 and u8.s8) and FP8 m16n8k32 tensor-core products, the
-// FP16 m16n8k16
-// product, FP8 <-> FP16/FP32 conversions, and the swizzled shared-memory layout of 8-bit tiles.
+// ldmatrix, bf16 packing): the INT8 (s8.s8, u8.s8 and s8.u8) and FP8 m16n8k32 tensor-core
+// products, the FP16 m16n8k16 product, FP8 <-> FP16/FP32 conversions, and the swizzled
+// shared-memory layout of 8-bit tiles.
 //
 // m16n8k32 fragments (8-bit elements, g = lane / 4, t = lane % 4): A a0 = (row g, k 4t..4t+3),
 // a1 = (row g+8, same k), a2 = (row g, k 16+4t..), a3 = (row g+8, k 16+4t..), four elements per
@@ -61,6 +61,16 @@ __device__ __forceinline__ void mma_u8s8_16832(int (&d)[4], const uint32_t (&a)[
                                                uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// INT8 V times UINT8 P (the split-KV kernel's transposed int8 P.V), exact int32 accumulation.
+__device__ __forceinline__ void mma_s8u8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                               uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));

@@ -33,6 +33,8 @@
 //    (fp8 mode: the factor 448 as + log2(448) in the exponent): the same values up to the
 //    rounding of a product and a sum per row and page and exp2's error, the order-of-operations
 //    differences this specification allows.
+//    The split-KV kernel (decode) sums qm per lane over a few head dims and then over the lanes
+//    in a fixed shuffle tree: another order of the same fp32 sum.
 // 4. Online softmax over the request's pages in order; the running max is updated once per page,
 //    the unit of the K and V scales: m_new = max(m, max over visible keys of the page of s),
 //    alpha = exp2(m - m_new) (0 on the first page), P_j = exp2(s_j - m_new) in [0, 1].

@@ -10,7 +10,7 @@ namespace sagellm::sage_cuda::sm80 {
 
 template <int kHeadDim, SagePv kPv>
 cudaError_t launch_prefill(const SageParams& p, int max_q_len, cudaStream_t stream) {
-  using T = SageTraits<kHeadDim, kSagePrefillBlockM / 16, false, kPv>;
+  using T = SageTraits<kHeadDim, kSagePrefillBlockM / 16, kPv>;
   static std::atomic<uint64_t> smem_set{0};
   const cudaError_t err =
       flash_cuda::sm80::ensure_dynamic_smem(sage_attn_kernel<T>, T::kSmemBytes, smem_set);
