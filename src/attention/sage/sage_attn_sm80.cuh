@@ -219,10 +219,10 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
                                           int key0, int lim0, int lim1, bool masked,
                                           WarpState<T>& w, int lane) {
   const int t = lane & 3, mi = lane >> 3;
-  // The page's fp32 means, bf16 V scales and fp32 K scale (sage_params.h).
-  const float* mean = reinterpret_cast<const float*>(stage_ptr + T::kKBytes + T::kVBytes);
-  const bf16* vscale = reinterpret_cast<const bf16*>(mean + T::kDp);
-  const float kscale = *reinterpret_cast<const float*>(vscale + T::kDp);
+  const StageMeta meta = stage_meta<T>(stage_ptr);
+  const float* mean = meta.mean;
+  const bf16* vscale = meta.vscale;
+  const float kscale = meta.kscale;
 
   // S = Q8 K8^T in int32 (exact).
   int si[T::kNT][4];

@@ -170,9 +170,10 @@ __device__ __forceinline__ void decode_page_step(uint32_t stage, const unsigned 
                                                  bool v16_page, const DecodeRows<T>& r, int key0,
                                                  DecodeState<T>& w, int lane) {
   const int g = lane >> 2, t = lane & 3, mi = lane >> 3;
-  const float* mean = reinterpret_cast<const float*>(stage_ptr + T::kKBytes + T::kVBytes);
-  const bf16* vscale = reinterpret_cast<const bf16*>(mean + T::kDp);
-  const float kscale = *reinterpret_cast<const float*>(vscale + T::kDp);
+  const StageMeta meta = stage_meta<T>(stage_ptr);
+  const float* mean = meta.mean;
+  const bf16* vscale = meta.vscale;
+  const float kscale = meta.kscale;
 
   // S^T = K8 Q8^T, exact int32: si[kt] = (key 16 kt + g, rows 2t, 2t+1), (key + 8, same rows).
   int si[T::kKeyTiles][4];

@@ -5,6 +5,8 @@
 // stored.
 #pragma once
 
+#include <cuda_bf16.h>
+
 #include <cstdint>
 
 #include "attention/sage/sage_mma.cuh"
@@ -54,6 +56,22 @@ __device__ __forceinline__ void load_page(const SageParams& p, int32_t entry, in
   for (int c = tid; c < T::kMetaBytes / 16; c += T::kThreads) {
     cp_async_16(stage + T::kKBytes + T::kVBytes + c * 16, msrc + c * 16, true);
   }
+}
+
+// The page's fp32 means, bf16 V scales and fp32 K scale in a loaded stage.
+struct StageMeta {
+  const float* mean;
+  const __nv_bfloat16* vscale;
+  float kscale;
+};
+
+template <class T>
+__device__ __forceinline__ StageMeta stage_meta(const unsigned char* stage_ptr) {
+  StageMeta m;
+  m.mean = reinterpret_cast<const float*>(stage_ptr + T::kKBytes + T::kVBytes);
+  m.vscale = reinterpret_cast<const __nv_bfloat16*>(m.mean + T::kDp);
+  m.kscale = *reinterpret_cast<const float*>(m.vscale + T::kDp);
+  return m;
 }
 
 }  // namespace sagellm::sage_cuda::sm80
