@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+#include <span>
 
 #include "cli/command_line.h"
 #include "cli/commands.h"
@@ -21,6 +22,7 @@
 #include "core/build_info.h"
 #include "core/error.h"
 #include "core/logging.h"
+#include "engine/sampling.h"
 #include "eval/validate/process_memory.h"
 
 namespace sagellm::cli {
@@ -101,8 +103,18 @@ struct CellTiming {
 
 CellTiming run_cell(Engine& e, const std::vector<std::vector<int32_t>>& prompts, int output_len,
                     int prefill_chunk) {
-  const int vocab = e.config().vocab_size;
   const size_t n = prompts.size();
+  // Greedy draws through the engine's sampling step, as serving does: on the GPU the argmax runs
+  // on the device and only the token ids come back (a [batch][vocab] float32 logits copy and a
+  // host argmax would cost more than the forward step itself at batch 32).
+  SamplingParams greedy_params;
+  greedy_params.temperature = 0.0f;
+  const std::vector<sampling::DrawParams> greedy(n, draw_params(greedy_params, 0.0));
+  const auto vocab = static_cast<size_t>(e.config().vocab_size);
+  const auto checked = [vocab](int32_t id) {
+    if (id < 0) fail_no_token(0.0f, vocab);  // every logit NaN or -inf
+    return id;
+  };
   CellPages pages(e);
   std::vector<AttentionSeq> seqs(n);
   for (size_t i = 0; i < n; ++i) {
@@ -138,12 +150,10 @@ CellTiming run_cell(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
         offset = 0;
       }
     }
-    const std::vector<float> logits = e.forward(b);
+    const std::vector<int32_t> ids = e.forward_sample(
+        b, std::span<const sampling::DrawParams>(greedy).first(b.attention.seqs.size()));
     ++t.prefill_steps;
-    for (size_t k : finishing) {
-      next[in_step[k]] = argmax(std::span<const float>(logits).subspan(
-          k * static_cast<size_t>(vocab), static_cast<size_t>(vocab)));
-    }
+    for (size_t k : finishing) next[in_step[k]] = checked(ids[k]);
   }
   t.prefill_seconds = seconds_since(t_prefill);
   t.prefill_attention_seconds = e.take_attention_seconds();
@@ -160,11 +170,8 @@ CellTiming run_cell(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
       b.attention.seqs.push_back(seqs[i]);
       b.tokens.push_back(next[i]);
     }
-    const std::vector<float> logits = e.forward(b);
-    for (size_t i = 0; i < n; ++i) {
-      next[i] = argmax(std::span<const float>(logits).subspan(i * static_cast<size_t>(vocab),
-                                                              static_cast<size_t>(vocab)));
-    }
+    const std::vector<int32_t> ids = e.forward_sample(b, greedy);
+    for (size_t i = 0; i < n; ++i) next[i] = checked(ids[i]);
     t.decode_step_seconds.push_back(seconds_since(t_step));
   }
   t.decode_seconds = seconds_since(t_decode);
@@ -356,8 +363,9 @@ int run_bench(BenchArgs& a) {
             {"repeats", a.repeats},
             {"seed", a.seed},
             {"method",
-             "engine step API (Engine::forward), seeded random prompt ids, greedy argmax fed "
-             "back, EOS ignored. prefill: all prompt tokens in steps of at most prefill_chunk "
+             "engine step API (Engine::forward_sample: greedy, on the device on the GPU), seeded "
+             "random prompt ids, the drawn tokens fed back, EOS ignored. prefill: all prompt "
+             "tokens in steps of at most prefill_chunk "
              "tokens, wall time until every request has its first output token; prefill "
              "tokens/s = batch * input_len / that time. decode: output_len - 1 steps of one token "
              "per request; decode tokens/s = batch * (output_len - 1) / their wall time. Times "
