@@ -130,6 +130,14 @@ __device__ __forceinline__ uint32_t f32x2_to_e4m3x2(float lo, float hi) {
 // rounds once to an integer, which the float's low byte then holds (its ulp is 1 from 2^23 on).
 inline constexpr float kU8Magic = 12582912.0f;  // 1.5 * 2^23
 __device__ __forceinline__ float u8_code_float(float p) { return fmaf(p, 255.0f, kU8Magic); }
+
+// An int32 product of 8-bit codes accumulated onto kBiasedZero (the bits of kU8Magic) is the float
+// kU8Magic + s, exactly while |s| < 2^22 (128 * 128 * 128 = 2^21 bounds the dot products of two
+// 128-channel rows of codes), so one FADD gives float(s) where an I2F would be needed otherwise;
+// the biased integers keep the order of the products (a max over them is the max over s).
+inline constexpr int kBiasedZero = 0x4B400000;
+__device__ __forceinline__ float biased_to_float(int b) { return __int_as_float(b) - kU8Magic; }
+
 // The codes of four such floats, a in the lowest byte.
 __device__ __forceinline__ uint32_t pack_u8x4(float a, float b, float c, float d) {
   const uint32_t lo = __byte_perm(__float_as_uint(a), __float_as_uint(b), 0x0040u);

@@ -60,11 +60,13 @@ using flash_cuda::sm90::wgmma_fence;
 using flash_cuda::sm90::wgmma_keep;
 using flash_cuda::sm90::wgmma_wait;
 using sm80::bf16;
+using sm80::biased_to_float;
 using sm80::cp_async_16;
 using sm80::cp_async_commit;
 using sm80::cp_async_wait;
 using sm80::f32x2_to_e4m3x2;
 using sm80::fast_exp2;
+using sm80::kBiasedZero;
 using sm80::quad_sum;
 using sm80::smem_addr;
 using sm80::swz;
@@ -238,6 +240,14 @@ struct Consumer {
     beta[0] = beta[1] = 1.0f;
   }
 
+  // S accumulates onto kBiasedZero (sage_mma.cuh: float(s) by one FADD); set before the fence
+  // that precedes its first product.
+  __device__ __forceinline__ void bias_scores() {
+#pragma unroll
+    for (int j = 0; j < T::kNT; ++j) si[j][0] = si[j][1] = si[j][2] = si[j][3] = kBiasedZero;
+    wgmma_keep_int<T::kNT>(si);
+  }
+
   // The scores' products, once waited for, stay where the product put them.
   __device__ __forceinline__ void keep_scores() {
     wgmma_keep_int<T::kNT>(si);
@@ -274,7 +284,7 @@ struct Consumer {
     const auto visible = [&](int j, int e) {
       return !kMasked || key + 8 * j + (e & 1) <= (e < 2 ? lim0 : lim1);
     };
-    int i0 = INT_MIN, i1 = INT_MIN;  // |si| <= 127^2 * 128: INT_MIN is no product
+    int i0 = INT_MIN, i1 = INT_MIN;  // the biased products are positive: INT_MIN is none
 #pragma unroll
     for (int j = 0; j < T::kNT; ++j) {
 #pragma unroll
@@ -285,8 +295,8 @@ struct Consumer {
     }
     i0 = quad_max_int(i0);
     i1 = quad_max_int(i1);
-    const float pm0 = i0 == INT_MIN ? -INFINITY : fmaf(static_cast<float>(i0), sc0, qm0);
-    const float pm1 = i1 == INT_MIN ? -INFINITY : fmaf(static_cast<float>(i1), sc1, qm1);
+    const float pm0 = i0 == INT_MIN ? -INFINITY : fmaf(biased_to_float(i0), sc0, qm0);
+    const float pm1 = i1 == INT_MIN ? -INFINITY : fmaf(biased_to_float(i1), sc1, qm1);
     const float m_new0 = fmaxf(m[0], pm0), m_new1 = fmaxf(m[1], pm1);
     const float ref0 = m_new0 == -INFINITY ? 0.0f : m_new0;
     const float ref1 = m_new1 == -INFINITY ? 0.0f : m_new1;
@@ -308,7 +318,7 @@ struct Consumer {
     // P (times 448 in fp8 mode) of element e of column tile j; 0 for a hidden key.
     const auto pv = [&](int j, int e) {
       const float x =
-          fast_exp2(fmaf(static_cast<float>(si[j][e]), e < 2 ? sc0 : sc1, e < 2 ? off0 : off1));
+          fast_exp2(fmaf(biased_to_float(si[j][e]), e < 2 ? sc0 : sc1, e < 2 ? off0 : off1));
       return visible(j, e) ? x : 0.0f;
     };
 #pragma unroll
@@ -389,7 +399,7 @@ __device__ __forceinline__ void issue_qk(Consumer<T>& c, uint32_t q_wg, uint32_t
                                          uint32_t sk) {
 #pragma unroll
   for (int kk = 0; kk < T::kDp / 32; ++kk) {
-    wgmma_s8_n64(c.si, sw128_desc(q_wg + kk * 32, 0), sw128_desc(sk + kk * 32, 0), kk > 0);
+    wgmma_s8_n64(c.si, sw128_desc(q_wg + kk * 32, 0), sw128_desc(sk + kk * 32, 0), true);
   }
   const uint32_t smean = sk + T::kMeanOffset;
 #pragma unroll
@@ -540,6 +550,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
     if (wg == 1) named_arrive(1, T::kConsumerThreads);
     mbarrier_wait(full(0), 0);
     named_sync(my_turn, T::kConsumerThreads);
+    c.bias_scores();
     wgmma_fence();
     issue_qk<T>(c, q_wg, qh_wg, stage(0));
     wgmma_commit();
@@ -551,6 +562,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
       const int st = i % kS, prev = (i - 1) % kS;
       mbarrier_wait(full(st), (i / kS) & 1);
       named_sync(my_turn, T::kConsumerThreads);
+      c.bias_scores();
       wgmma_fence();
       // P_{i-1} V_{i-1} first, then S_i: page i - 1 is folded while S_i is being computed.
       issue_pv<T>(c.part, c.pa, stage(prev) + T::kKBytes);
