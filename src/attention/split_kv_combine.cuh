@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "attention/flash/flash_mma_sm80.cuh"
+#include "core/cuda_pdl.cuh"
 
 namespace sagellm::attention_cuda {
 
@@ -30,6 +31,8 @@ __global__ void __launch_bounds__(kCombineThreads) split_combine_kernel(const Pa
   __shared__ float weight[kMaxSplits];
   __shared__ float weighted_sum[kMaxSplits];
   __shared__ float total;
+  cuda_pdl::pdl_wait();
+  cuda_pdl::pdl_launch_dependents();
   const int seq = blockIdx.z, head = blockIdx.y, t = blockIdx.x;
   const int q_begin = p.cu_seqlens_q[seq];
   const int q_len = p.cu_seqlens_q[seq + 1] - q_begin;
@@ -78,8 +81,8 @@ __global__ void __launch_bounds__(kCombineThreads) split_combine_kernel(const Pa
 template <int kMaxSplits, class Splits, class Params>
 cudaError_t launch_split_combine(const Params& p, int max_q_len, cudaStream_t stream) {
   const dim3 grid(max_q_len, p.num_heads, p.num_seqs);
-  split_combine_kernel<kMaxSplits, Splits, Params><<<grid, kCombineThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return cuda_pdl::launch_dependent(split_combine_kernel<kMaxSplits, Splits, Params>, grid,
+                                    kCombineThreads, 0, stream, p);
 }
 
 }  // namespace sagellm::attention_cuda

@@ -15,8 +15,8 @@ cudaError_t launch_decode(const FlashParams& p, int m_blocks, int max_splits, cu
   const cudaError_t err = ensure_dynamic_smem(flash_decode_kernel<T>, T::kSmemBytes, smem_set);
   if (err != cudaSuccess) return err;
   const dim3 grid(max_splits, p.num_kv_heads * m_blocks, p.num_seqs);
-  flash_decode_kernel<T><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  return cuda_pdl::launch_dependent(flash_decode_kernel<T>, grid, T::kThreads, T::kSmemBytes,
+                                    stream, p);
 }
 
 namespace {

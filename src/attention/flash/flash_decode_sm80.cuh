@@ -18,6 +18,7 @@
 
 #include "attention/flash/flash_params.h"
 #include "attention/flash/flash_tile_sm80.cuh"
+#include "core/cuda_pdl.cuh"
 
 namespace sagellm::flash_cuda::sm80 {
 
@@ -86,6 +87,8 @@ __device__ __forceinline__ bool decode_block(const FlashParams& p, DecodeBlock& 
 template <class T>
 __global__ void __launch_bounds__(T::kThreads) flash_decode_kernel(const FlashParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
+  cuda_pdl::pdl_wait();
+  cuda_pdl::pdl_launch_dependents();
   DecodeBlock b;
   if (!decode_block<T>(p, b)) return;
   using Mma = typename T::Mma;

@@ -1,3 +1,4 @@
+#include "core/cuda_pdl.cuh"
 #include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/kernel_util.cuh"
 
@@ -52,9 +53,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
     for (int r = 0; r < kRowsPerWarp; ++r) acc[m][r] = 0.0f;
   }
   constexpr int kStride = kChunk * kSplit;  // between this warp's consecutive k-chunks
-  const int first = slice * kChunk + lane * 8;
-  for (int base = n0 < p.n ? first : p.k; base < p.k; base += kStride * kUnroll) {
-    uint4 wv[kUnroll][kRowsPerWarp];
+  uint4 wv[kUnroll][kRowsPerWarp];
+  const auto load_w = [&](int base) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int kk = base + u * kStride;
@@ -64,6 +64,14 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
                             : make_uint4(0, 0, 0, 0);
       }
     }
+  };
+  int base = n0 < p.n ? slice * kChunk + lane * 8 : p.k;
+  // W is no kernel's output: its first loads go out before the wait for the kernel that writes A
+  // (cuda_pdl.cuh), so that they overlap that kernel's tail.
+  if (base < p.k) load_w(base);
+  cuda_pdl::pdl_wait();
+  cuda_pdl::pdl_launch_dependents();
+  while (base < p.k) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int kk = base + u * kStride;
@@ -74,7 +82,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float av[8];
-        unpack8(__ldg(reinterpret_cast<const uint4*>(p.a + m * p.lda + kk)), av);
+        // A may have been written while this CTA waited: a coherent load, not the read-only path.
+        unpack8(__ldca(reinterpret_cast<const uint4*>(p.a + m * p.lda + kk)), av);
 #pragma unroll
         for (int r = 0; r < kRowsPerWarp; ++r) {
 #pragma unroll
@@ -82,6 +91,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvArgs p) {
         }
       }
     }
+    base += kStride * kUnroll;
+    if (base < p.k) load_w(base);
   }
   auto store = [&](int m, int n, float v) {
     const int64_t at = m * p.ldc + n;
@@ -149,14 +160,10 @@ template <int M, int kSplit>
 cudaError_t launch_split(const GemvArgs& p, cudaStream_t stream) {
   const int outputs_per_cta = kWarps / kSplit * (p.swiglu ? 1 : kRowsPerWarp);
   const dim3 grid((p.n + outputs_per_cta - 1) / outputs_per_cta);
-  if (p.swiglu) {
-    gemv_kernel<M, false, kSplit, true><<<grid, kWarps * 32, 0, stream>>>(p);
-  } else if (p.c_f32) {
-    gemv_kernel<M, true, kSplit, false><<<grid, kWarps * 32, 0, stream>>>(p);
-  } else {
-    gemv_kernel<M, false, kSplit, false><<<grid, kWarps * 32, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  auto kernel = p.swiglu  ? gemv_kernel<M, false, kSplit, true>
+                : p.c_f32 ? gemv_kernel<M, true, kSplit, false>
+                          : gemv_kernel<M, false, kSplit, false>;
+  return cuda_pdl::launch_dependent(kernel, grid, kWarps * 32, 0, stream, p);
 }
 
 template <int M>

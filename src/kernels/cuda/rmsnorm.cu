@@ -1,6 +1,7 @@
 // RMSNorm, plain and fused with the residual add that precedes it in a decoder layer.
 #include <cstdint>
 
+#include "core/cuda_pdl.cuh"
 #include "kernels/cuda/kernel_util.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -16,6 +17,8 @@ __global__ void __launch_bounds__(1024)
     rmsnorm_kernel(const bf16* x, bf16* residual, const bf16* __restrict__ weight, bf16* out,
                    int rows, int dim, float eps) {
   __shared__ float scratch[33];
+  cuda_pdl::pdl_wait();
+  cuda_pdl::pdl_launch_dependents();
   const int chunks = dim / kChunk;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * dim;
@@ -59,16 +62,11 @@ void launch(const bf16* x, bf16* residual, const bf16* weight, bf16* out, int ro
                    detail::aligned16(out) && (!kResidual || detail::aligned16(residual));
   const int threads = detail::threads_for(chunk8 ? dim / 8 : dim);
   const unsigned blocks = detail::blocks_for_rows(rows);
-  if (vec) {
-    rmsnorm_kernel<8, true, kResidual>
-        <<<blocks, threads, 0, stream>>>(x, residual, weight, out, rows, dim, eps);
-  } else if (chunk8) {
-    rmsnorm_kernel<8, false, kResidual>
-        <<<blocks, threads, 0, stream>>>(x, residual, weight, out, rows, dim, eps);
-  } else {
-    rmsnorm_kernel<1, false, kResidual>
-        <<<blocks, threads, 0, stream>>>(x, residual, weight, out, rows, dim, eps);
-  }
+  auto kernel = vec      ? rmsnorm_kernel<8, true, kResidual>
+                : chunk8 ? rmsnorm_kernel<8, false, kResidual>
+                         : rmsnorm_kernel<1, false, kResidual>;
+  SAGELLM_CUDA_CHECK(cuda_pdl::launch_dependent(kernel, blocks, threads, 0, stream, x, residual,
+                                                weight, out, rows, dim, eps));
   SAGELLM_CUDA_CHECK_LAUNCH();
 }
 

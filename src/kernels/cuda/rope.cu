@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "core/cuda_pdl.cuh"
 #include "kernels/cuda/kernel_util.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -24,6 +25,8 @@ constexpr int kMaxHeadDim = 1024;
 template <bool kWriteCache>
 __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p, KVCacheWriteParams kw) {
   __shared__ float cs[kMaxHeadDim];  // [0, half): cos, [half, head_dim): sin
+  cuda_pdl::pdl_wait();
+  cuda_pdl::pdl_launch_dependents();
   const int half = p.head_dim / 2;
   const int heads = p.q_heads + p.k_heads;
   const int pairs = heads * half;
@@ -115,7 +118,8 @@ void launch_rope(const RopeParams& p, const KVCacheWriteParams& kw, cudaStream_t
   SAGELLM_GPU_REQUIRE(items <= int64_t{65535} * kThreads, "rope: too many heads (", heads, ")");
   const dim3 grid(static_cast<unsigned>((items + kThreads - 1) / kThreads),
                   static_cast<unsigned>(std::min<int64_t>(p.rows, 65535)));
-  rope_kernel<kWriteCache><<<grid, kThreads, 0, stream>>>(p, kw);
+  SAGELLM_CUDA_CHECK(
+      cuda_pdl::launch_dependent(rope_kernel<kWriteCache>, grid, kThreads, 0, stream, p, kw));
   SAGELLM_CUDA_CHECK_LAUNCH();
 }
 
