@@ -51,7 +51,7 @@ inline bool pdl_enabled() {
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization when
-// pdl_enabled(). Returns the launch status.
+// pdl_enabled(). Returns the launch status (that of cudaGetLastError() after the launch).
 template <typename... KernelArgs, typename... Args>
 cudaError_t launch_dependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
                              cudaStream_t stream, Args&&... args) {
@@ -65,7 +65,11 @@ cudaError_t launch_dependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 bloc
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  // Read and cleared, as after kernel<<<...>>>: a failed launch is reported here, not to a later
+  // cudaGetLastError().
+  const cudaError_t last = cudaGetLastError();
+  return err != cudaSuccess ? err : last;
 }
 
 }  // namespace sagellm::cuda_pdl
