@@ -114,6 +114,10 @@ TEST_F(RmsNormGpu, MatchesCpu) {
   check_rmsnorm(5, 100, false, 0);     // dim % 8 != 0: scalar path
   check_rmsnorm(9, 8192, false, 1);    // misaligned
   check_rmsnorm(70000, 16, false, 0);  // more rows than one grid row of blocks covers
+  // More chunks than threads (the kernel's loop over chunks; up to dim 8192 a thread keeps its one
+  // chunk in registers).
+  check_rmsnorm(3, 16384, false, 0);
+  check_rmsnorm(2, 1100, false, 0);
 }
 
 TEST_F(RmsNormGpu, AddRmsNormMatchesCpuAndUpdatesResidual) {
@@ -122,6 +126,7 @@ TEST_F(RmsNormGpu, AddRmsNormMatchesCpuAndUpdatesResidual) {
   check_rmsnorm(5, 100, true, 0);
   check_rmsnorm(9, 384, true, 3);
   check_rmsnorm(66000, 24, true, 0);
+  check_rmsnorm(2, 20480, true, 0);
 }
 
 TEST_F(RmsNormGpu, RowDoesNotDependOnBatchOrAlignment) {

@@ -12,14 +12,52 @@ namespace {
 // One block per row (grid-stride over rows). Thread j handles chunks j, j + blockDim, ... of
 // kChunk consecutive elements; kChunk is 8 whenever dim % 8 == 0, whether or not the pointers
 // allow 16-byte accesses (kVec), so the summation order depends on dim alone.
-template <int kChunk, bool kVec, bool kResidual>
+//
+// kOneChunk (dim / kChunk <= blockDim, every row of a decoder up to dim 8192): each thread's
+// single chunk stays in registers between the two passes, and its weights are loaded before the
+// wait for the previous kernel (they are no kernel's output), so that a decode step's norm is one
+// memory round trip after that wait instead of three. Same operations, same bits.
+template <int kChunk, bool kVec, bool kResidual, bool kOneChunk>
 __global__ void __launch_bounds__(1024)
     rmsnorm_kernel(const bf16* x, bf16* residual, const bf16* __restrict__ weight, bf16* out,
                    int rows, int dim, float eps) {
   __shared__ float scratch[33];
+  const int chunks = dim / kChunk;
+  if constexpr (kOneChunk) {
+    const int c = threadIdx.x;
+    const bool active = c < chunks;
+    float w[kChunk];
+    if (active) detail::load_bf16<kChunk, kVec>(weight + static_cast<int64_t>(c) * kChunk, w);
+    cuda_pdl::pdl_wait();
+    cuda_pdl::pdl_launch_dependents();
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+      const int64_t off = row * dim + static_cast<int64_t>(c) * kChunk;
+      float v[kChunk];
+      float ss = 0.0f;
+      if (active) {
+        detail::load_bf16<kChunk, kVec>(x + off, v);
+        if constexpr (kResidual) {
+          float r[kChunk];
+          detail::load_bf16<kChunk, kVec>(residual + off, r);
+#pragma unroll
+          for (int j = 0; j < kChunk; ++j) v[j] = detail::round_to_bf16(__fadd_rn(r[j], v[j]));
+          detail::store_bf16<kChunk, kVec>(residual + off, v);  // exact: v is bf16-valued
+        }
+#pragma unroll
+        for (int j = 0; j < kChunk; ++j) ss = fmaf(v[j], v[j], ss);
+      }
+      const float total = detail::block_sum(ss, scratch);
+      const float inv = 1.0f / sqrtf(total / static_cast<float>(dim) + eps);
+      if (active) {
+#pragma unroll
+        for (int j = 0; j < kChunk; ++j) v[j] = __fmul_rn(w[j], __fmul_rn(v[j], inv));
+        detail::store_bf16<kChunk, kVec>(out + off, v);
+      }
+    }
+    return;
+  }
   cuda_pdl::pdl_wait();
   cuda_pdl::pdl_launch_dependents();
-  const int chunks = dim / kChunk;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * dim;
     float ss = 0.0f;
@@ -60,11 +98,16 @@ void launch(const bf16* x, bf16* residual, const bf16* weight, bf16* out, int ro
   const bool chunk8 = dim % 8 == 0;
   const bool vec = chunk8 && detail::aligned16(x) && detail::aligned16(weight) &&
                    detail::aligned16(out) && (!kResidual || detail::aligned16(residual));
-  const int threads = detail::threads_for(chunk8 ? dim / 8 : dim);
+  const int chunks = chunk8 ? dim / 8 : dim;
+  const int threads = detail::threads_for(chunks);
   const unsigned blocks = detail::blocks_for_rows(rows);
-  auto kernel = vec      ? rmsnorm_kernel<8, true, kResidual>
-                : chunk8 ? rmsnorm_kernel<8, false, kResidual>
-                         : rmsnorm_kernel<1, false, kResidual>;
+  const bool one = chunks <= threads;
+  auto kernel = vec      ? (one ? rmsnorm_kernel<8, true, kResidual, true>
+                                : rmsnorm_kernel<8, true, kResidual, false>)
+                : chunk8 ? (one ? rmsnorm_kernel<8, false, kResidual, true>
+                                : rmsnorm_kernel<8, false, kResidual, false>)
+                         : (one ? rmsnorm_kernel<1, false, kResidual, true>
+                                : rmsnorm_kernel<1, false, kResidual, false>);
   SAGELLM_CUDA_CHECK(cuda_pdl::launch_dependent(kernel, blocks, threads, 0, stream, x, residual,
                                                 weight, out, rows, dim, eps));
   SAGELLM_CUDA_CHECK_LAUNCH();
