@@ -9,6 +9,36 @@ namespace sagellm::gpu {
 
 namespace {
 
+// A chunk's first pass: its kChunk values of x at `off` into v (the residual added first and
+// stored back when kResidual), their squares added to ss.
+template <int kChunk, bool kVec, bool kResidual>
+__device__ __forceinline__ void sum_chunk(const bf16* x, bf16* residual, int64_t off,
+                                          float (&v)[kChunk], float& ss) {
+  detail::load_bf16<kChunk, kVec>(x + off, v);
+  if constexpr (kResidual) {
+    float r[kChunk];
+    detail::load_bf16<kChunk, kVec>(residual + off, r);
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) v[j] = detail::round_to_bf16(__fadd_rn(r[j], v[j]));
+    detail::store_bf16<kChunk, kVec>(residual + off, v);  // exact: v is bf16-valued
+  }
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) ss = fmaf(v[j], v[j], ss);
+}
+
+// A chunk's second pass: w * (v * inv), each product rounded (cpu::rmsnorm's formula), to out.
+template <int kChunk, bool kVec>
+__device__ __forceinline__ void scale_chunk(float (&v)[kChunk], const float (&w)[kChunk], float inv,
+                                            bf16* out) {
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) v[j] = __fmul_rn(w[j], __fmul_rn(v[j], inv));
+  detail::store_bf16<kChunk, kVec>(out, v);
+}
+
+__device__ __forceinline__ float inverse_rms(float sum_squares, int dim, float eps) {
+  return 1.0f / sqrtf(sum_squares / static_cast<float>(dim) + eps);
+}
+
 // One block per row (grid-stride over rows). Thread j handles chunks j, j + blockDim, ... of
 // kChunk consecutive elements; kChunk is 8 whenever dim % 8 == 0, whether or not the pointers
 // allow 16-byte accesses (kVec), so the summation order depends on dim alone.
@@ -34,25 +64,9 @@ __global__ void __launch_bounds__(1024)
       const int64_t off = row * dim + static_cast<int64_t>(c) * kChunk;
       float v[kChunk];
       float ss = 0.0f;
-      if (active) {
-        detail::load_bf16<kChunk, kVec>(x + off, v);
-        if constexpr (kResidual) {
-          float r[kChunk];
-          detail::load_bf16<kChunk, kVec>(residual + off, r);
-#pragma unroll
-          for (int j = 0; j < kChunk; ++j) v[j] = detail::round_to_bf16(__fadd_rn(r[j], v[j]));
-          detail::store_bf16<kChunk, kVec>(residual + off, v);  // exact: v is bf16-valued
-        }
-#pragma unroll
-        for (int j = 0; j < kChunk; ++j) ss = fmaf(v[j], v[j], ss);
-      }
-      const float total = detail::block_sum(ss, scratch);
-      const float inv = 1.0f / sqrtf(total / static_cast<float>(dim) + eps);
-      if (active) {
-#pragma unroll
-        for (int j = 0; j < kChunk; ++j) v[j] = __fmul_rn(w[j], __fmul_rn(v[j], inv));
-        detail::store_bf16<kChunk, kVec>(out + off, v);
-      }
+      if (active) sum_chunk<kChunk, kVec, kResidual>(x, residual, off, v, ss);
+      const float inv = inverse_rms(detail::block_sum(ss, scratch), dim, eps);
+      if (active) scale_chunk<kChunk, kVec>(v, w, inv, out + off);
     }
     return;
   }
@@ -62,21 +76,11 @@ __global__ void __launch_bounds__(1024)
     const int64_t base = row * dim;
     float ss = 0.0f;
     for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-      const int64_t off = base + static_cast<int64_t>(c) * kChunk;
       float v[kChunk];
-      detail::load_bf16<kChunk, kVec>(x + off, v);
-      if constexpr (kResidual) {
-        float r[kChunk];
-        detail::load_bf16<kChunk, kVec>(residual + off, r);
-#pragma unroll
-        for (int j = 0; j < kChunk; ++j) v[j] = detail::round_to_bf16(__fadd_rn(r[j], v[j]));
-        detail::store_bf16<kChunk, kVec>(residual + off, v);  // exact: v is bf16-valued
-      }
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j) ss = fmaf(v[j], v[j], ss);
+      sum_chunk<kChunk, kVec, kResidual>(x, residual, base + static_cast<int64_t>(c) * kChunk, v,
+                                         ss);
     }
-    const float total = detail::block_sum(ss, scratch);
-    const float inv = 1.0f / sqrtf(total / static_cast<float>(dim) + eps);
+    const float inv = inverse_rms(detail::block_sum(ss, scratch), dim, eps);
     // Second pass re-reads what this same thread read (or wrote) in the first one.
     const bf16* src = kResidual ? residual : x;
     for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
@@ -85,9 +89,7 @@ __global__ void __launch_bounds__(1024)
       float w[kChunk];
       detail::load_bf16<kChunk, kVec>(src + off, v);
       detail::load_bf16<kChunk, kVec>(weight + static_cast<int64_t>(c) * kChunk, w);
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j) v[j] = __fmul_rn(w[j], __fmul_rn(v[j], inv));
-      detail::store_bf16<kChunk, kVec>(out + off, v);
+      scale_chunk<kChunk, kVec>(v, w, inv, out + off);
     }
   }
 }
