@@ -26,8 +26,10 @@ inline constexpr int kGemvMaxRows = 4;
 
 struct GemvArgs {
   const __nv_bfloat16* a = nullptr;  // [m][lda]
-  const __nv_bfloat16* w = nullptr;  // [n][k]
-  void* c = nullptr;                 // [m][ldc], bf16 or fp32
+  // [n][k]; its first loads go before the wait for the previous kernel of programmatic dependent
+  // launch (core/cuda_pdl.cuh): no kernel still running on the stream may write it (weights).
+  const __nv_bfloat16* w = nullptr;
+  void* c = nullptr;  // [m][ldc], bf16 or fp32
   bool c_f32 = false;
   // W holds 2 * n rows, [gate; up], and C[m][j] = bf16(silu(g) * u) of the bf16-rounded gate and
   // up sums (gpu::silu_mul's formula): the gate/up projection and SwiGLU of a decode step in one

@@ -44,6 +44,8 @@ void embedding_shard(const bf16* table, int first_id, int rows, int dim, const i
                      int num_ids, bf16* out, cudaStream_t stream);
 
 // ---- RMSNorm ------------------------------------------------------------------------------
+// `weight` is read before the wait for the previous kernel of programmatic dependent launch
+// (core/cuda_pdl.cuh): no kernel still running on the stream may write it (model weights).
 
 // out[t][i] = bf16(w[i] * (x[t][i] * inv)), inv = 1 / sqrtf(sum_i x[t][i]^2 / dim + eps), all in
 // fp32 (cpu::rmsnorm's formula). `out` may alias `x`.
