@@ -29,11 +29,17 @@ def load_steps(path):
         header = f.readline().strip().split(",")
         if header[:2] != ["start_ns", "end_ns"]:
             sys.exit(f"{path}: not a ktrace CSV")
-        for line in f:
+        for lineno, line in enumerate(f, start=2):
             p = line.rstrip("\n").split(",", 8)
-            if int(p[2]) == 0:
+            try:
+                if len(p) != 9:
+                    raise ValueError(f"{len(p)} fields, not 9")
+                start, end, graph = int(p[0]), int(p[1]), int(p[2])
+            except ValueError as e:
+                sys.exit(f"{path}:{lineno}: malformed row ({e})")
+            if graph == 0:
                 continue  # not replayed from a graph
-            kernels.append((int(p[0]), int(p[1]), f"{short_name(p[8])}[{p[4]}x{p[5]}]"))
+            kernels.append((start, end, f"{short_name(p[8])}[{p[4]}x{p[5]}]"))
     kernels.sort()
     steps, cur = [], []
     for k in kernels:
@@ -69,6 +75,8 @@ def main():
     sigs = [k[2] for k in steps[0]]
     p = layer_period(sigs)
     start = n // 2
+    if p >= n:  # no repeating layer: the whole step, from its second kernel
+        start, p = 1, n - 1
     print(f"{len(steps)} steps of {n} kernels, median span {span:.1f} us; "
           f"one layer = {p} kernels")
     print(f"{'kernel[grid]':<28} {'duration us':>12} {'increment us':>13}")
