@@ -332,6 +332,10 @@ void print_table(const json& j) {
 }
 
 int run_bench(BenchArgs& a) {
+  // A cell holds its whole batch at once.
+  if (!a.batch_sizes.empty()) {
+    a.engine.max_running_requests = *std::max_element(a.batch_sizes.begin(), a.batch_sizes.end());
+  }
   Engine e(a.engine);
   const io::ModelConfig& cfg = e.config();
   const int64_t cells = static_cast<int64_t>(a.batch_sizes.size()) * a.input_lens.size();

@@ -44,6 +44,7 @@ int run_serve(ServeArgs& a) {
   const int port = srv.listen();
   std::fprintf(stderr, "sagellm serve: listening on http://%s:%d, loading %s\n",
                a.server.host.c_str(), port, a.engine.model_dir.string().c_str());
+  a.engine.max_running_requests = a.server.scheduler.max_running_requests;
   engine = std::make_unique<Engine>(a.engine);
   srv.attach(*engine);
   std::fprintf(stderr,

@@ -42,11 +42,11 @@ std::unique_ptr<WeightSource> weight_source(const EngineOptions& o) {
 }
 
 // Tail slots of an 8-bit cache (bf16 storage for pages not yet full): a request has at most one
-// partly filled page, and the scheduler runs at most 256 requests at once by default
-// (--max-running-requests), so 256 slots (fewer for a pool of fewer pages) never run out there; a
-// step that needs more than there are fails with a clear error (kv_cache_step.h). A slot holds a
-// page of K and V in bf16 for every layer (8 MiB for Llama-3.1-8B).
-constexpr int kMaxTailSlots = 256;
+// partly filled page, and a step holds at most EngineOptions::max_running_requests requests (the
+// scheduler's --max-running-requests), so that many slots (fewer for a pool of fewer pages) never
+// run out there; a step that needs more than there are fails with a clear error
+// (kv_cache_step.h). A slot holds a page of K and V in bf16 for every layer (8 MiB for
+// Llama-3.1-8B), memory the 8-bit pages do not get.
 
 // --kv-cache-dtype on the GPU, where the exact cache is bf16.
 KVCacheDType resolve_gpu_kv_cache_dtype(const std::string& name, const CudaAttention& attention) {
@@ -86,8 +86,11 @@ GpuCachePlan plan_gpu_cache(const EngineOptions& o, const LlamaCudaModel& model,
   const size_t per_token = GpuKVCache::bytes_per_token(s, dtype);
   const size_t per_page = per_token * static_cast<size_t>(o.page_size);
   const size_t per_slot = GpuKVCache::tail_pool_bytes(s, 1);
+  SAGELLM_CHECK(o.max_running_requests >= 1, "--max-running-requests must be >= 1 (got {})",
+                o.max_running_requests);
+  const int max_tails = o.max_running_requests;
   auto tail_slots = [&](int64_t pages) {
-    return int8 ? static_cast<int>(std::min<int64_t>(pages, kMaxTailSlots)) : 0;
+    return int8 ? static_cast<int>(std::min<int64_t>(pages, max_tails)) : 0;
   };
   // Pages and tail pool together.
   auto bytes_for = [&](int64_t tokens) {
@@ -99,15 +102,15 @@ GpuCachePlan plan_gpu_cache(const EngineOptions& o, const LlamaCudaModel& model,
   const double used = static_cast<double>(mem.total - mem.free);
   const double budget =
       std::max(o.mem_fraction_static * static_cast<double>(mem.total) - used, 0.0);
-  // The most tokens the budget holds: with up to kMaxTailSlots pages every page has its slot.
+  // The most tokens the budget holds: with up to max_tails pages every page has its slot.
   int64_t fit = 0;
   if (!int8) {
     fit = static_cast<int64_t>(budget / static_cast<double>(per_token));
   } else {
-    const double big = budget - static_cast<double>(kMaxTailSlots) * static_cast<double>(per_slot);
+    const double big = budget - static_cast<double>(max_tails) * static_cast<double>(per_slot);
     const auto pages_big = static_cast<int64_t>(std::max(big, 0.0) / static_cast<double>(per_page));
     const int64_t pages =
-        pages_big >= kMaxTailSlots
+        pages_big >= max_tails
             ? pages_big
             : static_cast<int64_t>(budget / static_cast<double>(per_page + per_slot));
     fit = pages * o.page_size;

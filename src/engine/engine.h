@@ -35,6 +35,10 @@ struct EngineOptions {
   bool disable_cuda_graph = false;          // GPU: launch decode steps directly, not from graphs
   int64_t context_length = 0;               // 0: the model's max_position_embeddings
   int prefill_chunk = 2048;                 // tokens per forward step when prefilling
+  // The most requests one step holds (serve: --max-running-requests; bench: its largest batch).
+  // A GPU 8-bit KV cache keeps a bf16 tail slot (8 MiB for Llama-3.1-8B) for each, out of the
+  // memory the pages would otherwise take.
+  int max_running_requests = 256;
   // Tensor-parallel ranks (parallel/tp_shard.h): GPUs 0..N-1 on cuda, threads on the cpu.
   int tp_size = 1;
 };
