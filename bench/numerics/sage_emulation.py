@@ -74,8 +74,7 @@ def attend_kv_head(q, k, v, scaling):
         if CFG["k"] == "exact" or (sink and CFG["sink"] in ("all", "qk")):
             s = (qp @ kp.T)
         else:
-            # The cache stores the mean in fp16 (kv_cache/page_quant.h).
-            mean = kp.mean(0).clamp(-65504, 65504).half().float()
+            mean = kp.mean(0)
             kc = kp - mean
             if CFG["k"] == "page":
                 k_scale = kc.abs().max() / 127

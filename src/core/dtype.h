@@ -1,7 +1,6 @@
 // Storage dtypes and exact scalar conversions between them and float.
 #pragma once
 
-#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstddef>
@@ -96,13 +95,6 @@ inline uint16_t float_to_fp16(float f) {
   v += 0xFFF + ((v >> 13) & 1);
   const uint32_t exp = (v >> 23) - 112;
   return sign | static_cast<uint16_t>((exp << 10) | ((v >> 13) & 0x3FF));
-}
-
-// f rounded to the nearest fp16 value after clamping to the finite range [-65504, 65504] (so it
-// never becomes infinite; NaN stays NaN), as fp32: __float2half_rn(fminf(fmaxf(f, -65504), 65504)).
-inline float round_to_fp16_satfinite(float f) {
-  if (std::isnan(f)) return f;
-  return fp16_to_float(float_to_fp16(std::clamp(f, -65504.0f, 65504.0f)));
 }
 
 }  // namespace sagellm

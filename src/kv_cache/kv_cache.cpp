@@ -162,10 +162,10 @@ size_t PagedKVCache::bytes_per_token() const {
   const size_t heads = static_cast<size_t>(shape_.num_layers) * shape_.num_kv_heads;
   const size_t hd = static_cast<size_t>(shape_.head_dim);
   if (dtype_ == KVCacheDType::kFloat) return heads * 2 * hd * 2;  // K and V in bf16
-  // K int8 and V 8-bit codes, plus per page and head: K mean (fp16 per channel), K scale (fp32),
+  // K int8 and V 8-bit codes, plus per page and head: K mean (fp32 per channel), K scale (fp32),
   // V scales (bf16 per channel), spread over the page's tokens (rounded up).
   const size_t page_bytes =
-      heads * (2 * hd * static_cast<size_t>(shape_.page_size) + hd * 2 + 4 + hd * 2);
+      heads * (2 * hd * static_cast<size_t>(shape_.page_size) + hd * 4 + 4 + hd * 2);
   return (page_bytes + shape_.page_size - 1) / shape_.page_size;
 }
 

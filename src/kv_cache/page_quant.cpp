@@ -17,7 +17,7 @@ void quantize_k_page(const float* k, int n, int page_size, int head_dim, int8_t*
     for (int d = 0; d < head_dim; ++d) mean[d] += k[j * head_dim + d];
   }
   const float count = static_cast<float>(std::max(n, 1));
-  for (int d = 0; d < head_dim; ++d) mean[d] = round_to_fp16_satfinite(mean[d] / count);
+  for (int d = 0; d < head_dim; ++d) mean[d] /= count;
 
   float max_abs = 0.0f;
   for (int j = 0; j < n; ++j) {

@@ -4,8 +4,7 @@
 // GPU kernels must produce the same codes up to the fp32 summation order of the mean.
 //
 // K (n valid tokens k[j][d], j < n):
-//   mean[d]  = fp16((sum over j = 0..n-1 of k[j][d], fp32, in order of j) / n) (IEEE division;
-//              round to nearest even after clamping to +-65504: the cache stores it in 2 bytes)
+//   mean[d]  = (sum over j = 0..n-1 of k[j][d], fp32, in order of j) / n      (IEEE division)
 //   k'[j][d] = k[j][d] - mean[d]                                                (fp32)
 //   scale    = max over j, d of |k'[j][d]| / 127  (0 when all are 0)
 //   code     = clamp(round_half_away(k'[j][d] / scale), -127, 127)             (0 when scale == 0)

@@ -120,11 +120,10 @@ Int8Layer build_int8_layer(const Problem& p, const PagedKVCache& cache) {
         }
       }
       // The cache's V scales are bf16 values: the conversion is exact.
-      // So are its means, as fp16.
-      auto* mean = reinterpret_cast<uint16_t*>(b + sage_cuda::sage_k_mean_offset(dp));
+      float* mean = reinterpret_cast<float*>(b + sage_cuda::sage_k_mean_offset(dp));
       auto* vscale = reinterpret_cast<uint16_t*>(b + sage_cuda::sage_v_scale_offset(dp));
       for (int d = 0; d < hd; ++d) {
-        mean[d] = float_to_fp16(q.k_mean[d]);
+        mean[d] = q.k_mean[d];
         vscale[d] = float_to_bf16(q.v_scale[d]);
       }
       *reinterpret_cast<float*>(b + sage_cuda::sage_k_scale_offset(dp)) = q.k_scale;
@@ -418,12 +417,11 @@ TEST(SageCuda, PageQuantizationBitwiseEqualsCpu) {
                               sage_cuda::sage_v_position_of_key(j)] != want_v;
             }
           }
-          const auto* mean =
-              reinterpret_cast<const uint16_t*>(b + sage_cuda::sage_k_mean_offset(dp));
+          const float* mean = reinterpret_cast<const float*>(b + sage_cuda::sage_k_mean_offset(dp));
           const auto* vscale =
               reinterpret_cast<const uint16_t*>(b + sage_cuda::sage_v_scale_offset(dp));
           for (int d = 0; d < dp; ++d) {
-            mismatches += fp16_to_float(mean[d]) != (d < hd ? km[static_cast<size_t>(d)] : 0.0f);
+            mismatches += mean[d] != (d < hd ? km[static_cast<size_t>(d)] : 0.0f);
             mismatches += bf16_to_float(vscale[d]) != (d < hd ? vs[static_cast<size_t>(d)] : 0.0f);
           }
           mismatches +=

@@ -253,10 +253,10 @@ void check_memory_numbers_equal_their_formulas(const QuickRun& run) {
   const json& sage = s["backends"][1];
   EXPECT_EQ(flash["backend"], "flash");
   EXPECT_EQ(flash["bytes_per_token"], layers * kv_heads * head_dim * 2 * 2);  // K and V in bf16
-  // int8 K and fp8 V codes, plus per page and head: K mean (fp16 per channel), V scales (bf16 per
+  // int8 K and fp8 V codes, plus per page and head: K mean (fp32 per channel), V scales (bf16 per
   // channel), K scale (fp32).
   const int heads_total = layers * kv_heads;
-  const int page_bytes = heads_total * (2 * head_dim * page + head_dim * 2 + 4 + head_dim * 2);
+  const int page_bytes = heads_total * (2 * head_dim * page + head_dim * 4 + 4 + head_dim * 2);
   EXPECT_EQ(sage["bytes_per_token"], (page_bytes + page - 1) / page);
   const double budget = 16.0 * 1024 * 1024 * 1024;
   for (const json& b : {flash, sage}) {

@@ -47,7 +47,7 @@ struct SageTraits {
   static constexpr int kKBytes = kSagePageSize * kDp;
   // fp16 mode keeps room for a page whose V is fp16 (a page quantized on the fly).
   static constexpr int kVBytes = (kPvFp16 ? 2 : 1) * kSagePageSize * kDp;
-  static constexpr int kMetaBytes = sage_meta_bytes(kDp);
+  static constexpr int kMetaBytes = 6 * kDp + 16;
   static constexpr int kStageBytes = kKBytes + kVBytes + kMetaBytes;
   static constexpr int kQ8Bytes = kRows * kDp;
   static constexpr int kQhBytes = kRows * kDp * 2;
@@ -154,7 +154,7 @@ __device__ __forceinline__ float quad_max(float v) {
 // (-inf for a row that sees none of its keys; int8 P.V rounds P against it). The Hopper prefill
 // kernel computes the same values in another order (sage_numerics.h step 3).
 template <int kDp, int kNT>
-__device__ __forceinline__ void page_scores(const int (&si)[kNT][4], const __half* mean,
+__device__ __forceinline__ void page_scores(const int (&si)[kNT][4], const float* mean,
                                             const unsigned char* qh_rows, float q_factor, float sc0,
                                             float sc1, int key0, int lim0, int lim1, bool masked,
                                             const float (&m)[2], float (&s)[kNT][4],
@@ -166,7 +166,7 @@ __device__ __forceinline__ void page_scores(const int (&si)[kNT][4], const __hal
   float qm0 = 0.0f, qm1 = 0.0f;
 #pragma unroll
   for (int j = 0; j < kDp / 8; ++j) {
-    const float2 mn = __half22float2(*reinterpret_cast<const __half2*>(mean + 8 * j + 2 * t));
+    const float2 mn = *reinterpret_cast<const float2*>(mean + 8 * j + 2 * t);
     const uint32_t a = *reinterpret_cast<const uint32_t*>(qh_rows + swz<2 * kDp>(g, j) + 4 * t);
     const uint32_t c = *reinterpret_cast<const uint32_t*>(qh_rows + swz<2 * kDp>(g + 8, j) + 4 * t);
     qm0 = fmaf(flash_cuda::sm80::bf16_lo_to_float(a) * q_factor, mn.x, qm0);
@@ -220,7 +220,7 @@ __device__ __forceinline__ void page_step(const SageParams& p, uint32_t stage,
                                           WarpState<T>& w, int lane) {
   const int t = lane & 3, mi = lane >> 3;
   const StageMeta meta = stage_meta<T>(stage_ptr);
-  const __half* mean = meta.mean;
+  const float* mean = meta.mean;
   const bf16* vscale = meta.vscale;
   const float kscale = meta.kscale;
 

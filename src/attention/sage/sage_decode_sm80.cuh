@@ -53,7 +53,7 @@ struct SageDecodeTraits {
   static constexpr int kKBytes = kSagePageSize * kDp;
   // fp16 mode keeps room for a page whose V is fp16 (a page quantized on the fly).
   static constexpr int kVBytes = (kPvFp16 ? 2 : 1) * kSagePageSize * kDp;
-  static constexpr int kMetaBytes = sage_meta_bytes(kDp);
+  static constexpr int kMetaBytes = 6 * kDp + 16;
   static constexpr int kStageBytes = kKBytes + kVBytes + kMetaBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes;
   static_assert(kDp == 64 || kDp == 128, "native head dims");
@@ -171,7 +171,7 @@ __device__ __forceinline__ void decode_page_step(uint32_t stage, const unsigned 
                                                  DecodeState<T>& w, int lane) {
   const int g = lane >> 2, t = lane & 3, mi = lane >> 3;
   const StageMeta meta = stage_meta<T>(stage_ptr);
-  const __half* mean = meta.mean;
+  const float* mean = meta.mean;
   const bf16* vscale = meta.vscale;
   const float kscale = meta.kscale;
 
@@ -195,12 +195,10 @@ __device__ __forceinline__ void decode_page_step(uint32_t stage, const unsigned 
   {
     float mv[T::kLaneDims];
     if constexpr (T::kLaneDims == 4) {
-      const uint2 raw = *reinterpret_cast<const uint2*>(mean + 4 * lane);
-      const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
-      const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
-      mv[0] = lo.x, mv[1] = lo.y, mv[2] = hi.x, mv[3] = hi.y;
+      const float4 m4 = *reinterpret_cast<const float4*>(mean + 4 * lane);
+      mv[0] = m4.x, mv[1] = m4.y, mv[2] = m4.z, mv[3] = m4.w;
     } else {
-      const float2 m2 = __half22float2(*reinterpret_cast<const __half2*>(mean + 2 * lane));
+      const float2 m2 = *reinterpret_cast<const float2*>(mean + 2 * lane);
       mv[0] = m2.x, mv[1] = m2.y;
     }
 #pragma unroll

@@ -17,12 +17,11 @@
 //    fp16 P.V 4.36e-3 -> 3.71e-3 on a bf16 cache, 5.94e-3 -> 5.35e-3 on the 8-bit cache; fp8 P.V
 //    on the 8-bit cache 6.03e-3 -> 5.39e-3. It costs nothing in memory (Q is not cached) and one
 //    scale load per row in the kernels, which read per-row scales anyway.
-// 2. K, per page of the request (kv_cache/page_quant.h): k8, k_mean[d] (an fp16 value), k_scale.
-//    A sealed page of the 8-bit cache is used as stored; any other page (a float cache, or the
-//    bf16 tail of the 8-bit cache) is quantized on the fly by the same function over its valid
-//    tokens only (min(page_size, kv_len - first token of the page)). So a page's statistics
-//    include keys that the causal mask hides from some rows of the same page, exactly as a sealed
-//    page does.
+// 2. K, per page of the request (kv_cache/page_quant.h): k8, k_mean[d], k_scale. A sealed page of
+//    the 8-bit cache is used as stored; any other page (a float cache, or the bf16 tail of the
+//    8-bit cache) is quantized on the fly by the same function over its valid tokens only
+//    (min(page_size, kv_len - first token of the page)). So a page's statistics include keys that
+//    the causal mask hides from some rows of the same page, exactly as a sealed page does.
 // 3. Scores (base 2), for key j of the page:
 //      s = float(sum_d q8[d] * k8[j][d]) * (q_scale * k_scale) + qm,
 //      qm = sum_d q'[d] * k_mean[d]   (fp32, unquantized q': the smoothing is undone exactly).

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <cstdint>
 
@@ -59,9 +58,9 @@ __device__ __forceinline__ void load_page(const SageParams& p, int32_t entry, in
   }
 }
 
-// The page's fp16 means, bf16 V scales and fp32 K scale in a loaded stage.
+// The page's fp32 means, bf16 V scales and fp32 K scale in a loaded stage.
 struct StageMeta {
-  const __half* mean;
+  const float* mean;
   const __nv_bfloat16* vscale;
   float kscale;
 };
@@ -69,12 +68,9 @@ struct StageMeta {
 template <class T>
 __device__ __forceinline__ StageMeta stage_meta(const unsigned char* stage_ptr) {
   StageMeta m;
-  const unsigned char* meta = stage_ptr + T::kKBytes + T::kVBytes;
-  m.mean = reinterpret_cast<const __half*>(meta);
-  m.vscale = reinterpret_cast<const __nv_bfloat16*>(meta + sage_v_scale_offset(T::kDp) -
-                                                    sage_k_mean_offset(T::kDp));
-  m.kscale = *reinterpret_cast<const float*>(meta + sage_k_scale_offset(T::kDp) -
-                                             sage_k_mean_offset(T::kDp));
+  m.mean = reinterpret_cast<const float*>(stage_ptr + T::kKBytes + T::kVBytes);
+  m.vscale = reinterpret_cast<const __nv_bfloat16*>(m.mean + T::kDp);
+  m.kscale = *reinterpret_cast<const float*>(m.vscale + T::kDp);
   return m;
 }
 

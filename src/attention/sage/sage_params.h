@@ -7,20 +7,21 @@
 // Dp = 64 or 128 (padding columns hold code 0, mean 0 and scale 0):
 //   [0, 64 Dp)          K codes, int8 [slot][Dp]                         (ldmatrix rows = keys)
 //   [64 Dp, 128 Dp)     V codes, FP8 e4m3 or INT8, transposed [Dp][position]  (rows = dims)
-//   [128 Dp, 130 Dp)    k_mean, fp16 [Dp]
-//   [130 Dp, 132 Dp)    v_scale, bf16 [Dp]
-//   [132 Dp, 132 Dp+16) k_scale, fp32, then 12 bytes of padding
+//   [128 Dp, 132 Dp)    k_mean, fp32 [Dp]
+//   [132 Dp, 134 Dp)    v_scale, bf16 [Dp]
+//   [134 Dp, 134 Dp+16) k_scale, fp32, then 12 bytes of padding
 //   up to a multiple of 64 bytes (48 more at Dp = 64 and 128): a head's block then starts on a
 //   64-byte boundary, and the split-KV kernel reads the blocks of odd KV heads 1.05x faster than
 //   with 16-byte alignment (B=32 x 32K decode on an H200: 0.575 against 0.604 ms; 32-byte
 //   alignment 0.581, 128-byte 0.575).
-// The K mean and the V scales are 2-byte values (page_quant.h rounds them before quantizing), so
-// a token of one KV head takes 265 bytes at Dp = 128 (273 with both in fp32), 1.93x fewer than
-// bf16 K and V. The mean is fp16, not bf16: the rounded mean is what is subtracted and added
-// back, so K is split exactly either way, but the mean's rounding error stays in K' as a per-page
-// offset that multiplies Q's INT8 error; with 11 significant bits instead of 8 that offset is 8x
-// smaller, and the mean KLD moved within the spread that any other rounding perturbation gives
-// (BENCHMARKS.md).
+// The V scales are bf16 values (page_quant.h rounds them before quantizing), which costs nothing
+// measurable and saves 2 bytes per channel and page: 269 instead of 273 bytes per token and
+// KV head at Dp = 128, 1.90x fewer than bf16 K and V. A bf16 mean would save as much again but
+// costs ~1% of mean KLD (its rounding error is a per-page offset that multiplies Q's INT8 error),
+// so the mean stays fp32. An fp16 mean was tried too: its rounding residual (up to 2^-12 of the
+// mean, the same in every token of the page) stays in K' and sets the page's scale wherever a
+// channel varies less than that within the page, coarsening every channel's codes; on stories260K
+// the tensor-parallel logits then moved by 5x sage_attn's own error against flash.
 // V is stored transposed because the FP8 tensor-core product takes its B operand as 4 consecutive
 // keys of one dim per register, and ldmatrix cannot transpose 8-bit elements. Within every 16
 // positions the keys are permuted (sage_v_key_of_position) so that the accumulator fragment of
@@ -65,10 +66,8 @@ enum class SagePv : int { kFp8 = 0, kInt8 = 1, kFp16 = 2 };
 
 // Bytes of one 8-bit page block for padded head dim dp (a multiple of 16).
 SAGELLM_SAGE_HD inline constexpr int64_t sage_page_block_bytes(int dp) {
-  return (int64_t{2} * kSagePageSize * dp + int64_t{4} * dp + 16 + 63) / 64 * 64;
+  return (int64_t{2} * kSagePageSize * dp + int64_t{6} * dp + 16 + 63) / 64 * 64;
 }
-// Bytes of a block's metadata (K mean, V scales, K scale and its padding), which follows the codes.
-SAGELLM_SAGE_HD inline constexpr int sage_meta_bytes(int dp) { return 4 * dp + 16; }
 SAGELLM_SAGE_HD inline constexpr int64_t sage_k_codes_offset(int /*dp*/) { return 0; }
 SAGELLM_SAGE_HD inline constexpr int64_t sage_v_codes_offset(int dp) {
   return int64_t{kSagePageSize} * dp;
@@ -77,7 +76,7 @@ SAGELLM_SAGE_HD inline constexpr int64_t sage_k_mean_offset(int dp) {
   return int64_t{2} * kSagePageSize * dp;
 }
 SAGELLM_SAGE_HD inline constexpr int64_t sage_v_scale_offset(int dp) {
-  return sage_k_mean_offset(dp) + int64_t{2} * dp;
+  return sage_k_mean_offset(dp) + int64_t{4} * dp;
 }
 SAGELLM_SAGE_HD inline constexpr int64_t sage_k_scale_offset(int dp) {
   return sage_v_scale_offset(dp) + int64_t{2} * dp;

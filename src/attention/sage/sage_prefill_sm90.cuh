@@ -32,7 +32,6 @@
 #pragma once
 
 #include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <climits>
 #include <cstdint>
@@ -95,12 +94,7 @@ struct PrefillTraits {
   static constexpr int kVRows = kDp + (kPvInt8 ? 16 : 8);
   static constexpr int kPT = kVRows / 8;  // 8-column tiles of the P.V product
   static constexpr int kVBytes = kSagePageSize * kVRows;
-  static constexpr int kMetaBytes = sage_meta_bytes(kDp);
-  // Within the meta bytes (sage_params.h's block layout from the K mean on).
-  static constexpr int kMetaVScale =
-      static_cast<int>(sage_v_scale_offset(kDp) - sage_k_mean_offset(kDp));
-  static constexpr int kMetaKScale =
-      static_cast<int>(sage_k_scale_offset(kDp) - sage_k_mean_offset(kDp));
+  static constexpr int kMetaBytes = 6 * kDp + 16;
   // The page's K mean as the B operand of q . k_mean (issue_qk): 16 rows of kDp bf16.
   static constexpr int kMeanRows = 16;
   // K at 0 and V at kKBytes (on 1024- and 512-byte boundaries, as the swizzles need), then meta,
@@ -173,23 +167,19 @@ __device__ __forceinline__ void load_q(const SageParams& p, const sm80::SageBloc
   }
 }
 
-// The page's fp16 K mean (in the stage's meta) as 16 bf16 rows for q . k_mean. The mean is the
-// exact sum of three bf16 parts (hi, mid, lo: 8 significant bits each; lo is 0 for the 11 bits of
-// an fp16 mean, but costs nothing on the tensor cores), so the products with the bf16 queries are
-// exact, and the product's columns 2t, 2t + 1 and 8 + 2t give thread t of every quad the three
-// partial dot products of its rows: rows 2t hold hi, rows 2t + 1 mid, rows 8 + 2t lo and rows
-// 9 + 2t zeros (written once). This call does channels 4c .. 4c + 3; the producer thread that
-// copied them (16-byte chunk c / 2 of the meta) calls it for both its groups once its copies have
-// landed.
+// The page's fp32 K mean (in the stage's meta) as 16 bf16 rows for q . k_mean: the mean is the
+// exact sum of three bf16 parts (hi, mid, lo: 8 significant bits each, 24 in all), so the products
+// with the bf16 queries are exact and the product's columns 2t, 2t + 1 and 8 + 2t give thread t of
+// every quad the three partial dot products of its rows: rows 2t hold hi, 2t + 1 mid, 8 + 2t lo,
+// 9 + 2t zeros (written once). Done by the producer thread c < kDp / 4 that copied the mean's
+// channels 4c .. 4c + 3, once its copies have landed.
 template <class T>
 __device__ __forceinline__ void split_mean(unsigned char* stage_ptr, uint32_t smean, int c) {
-  const uint2 raw = *reinterpret_cast<const uint2*>(stage_ptr + T::kKBytes + T::kVBytes + 8 * c);
+  const float4 m4 = *reinterpret_cast<const float4*>(stage_ptr + T::kKBytes + T::kVBytes + 16 * c);
   using flash_cuda::sm80::bf16_hi_to_float;
   using flash_cuda::sm80::bf16_lo_to_float;
   using flash_cuda::sm80::pack_bf16x2;
-  const float2 m01 = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
-  const float2 m23 = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
-  const float m[4] = {m01.x, m01.y, m23.x, m23.y};
+  const float m[4] = {m4.x, m4.y, m4.z, m4.w};
   uint32_t part[3][2];
 #pragma unroll
   for (int k = 0; k < 2; ++k) {
@@ -275,7 +265,7 @@ struct Consumer {
                                           float qs1, int key0, int lim0, int lim1, bool masked,
                                           int lane) {
     const int t = lane & 3;
-    const float kscale = *reinterpret_cast<const float*>(meta + T::kMetaKScale);
+    const float kscale = *reinterpret_cast<const float*>(meta + 6 * T::kDp);
     // q'.k_mean = q_factor * (q . k_mean): the three exact parts' sums, then the factor.
     const float qm0 = q_factor * ((qd[0][0] + qd[0][1]) + qd[1][0]);
     const float qm1 = q_factor * ((qd[0][2] + qd[0][3]) + qd[1][2]);
@@ -360,7 +350,7 @@ struct Consumer {
   // is then skipped, which changes no bit.
   __device__ __forceinline__ void fold(const unsigned char* meta, int lane) {
     const int t = lane & 3;
-    const bf16* vscale = reinterpret_cast<const bf16*>(meta + T::kMetaVScale);
+    const bf16* vscale = reinterpret_cast<const bf16*>(meta + 4 * T::kDp);
     if constexpr (T::kPvInt8) {
       // The exact int32 partial sums, scaled by v_scale * beta (sage_numerics.h step 5).
       l[0] = fmaf(l[0], alpha[0], static_cast<float>(part[T::kDT][0]) * beta[0]);
@@ -500,10 +490,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
     // Page j has landed (the thread's own copies of it): its mean rows, then the hand-over.
     const auto publish = [&](int j) {
       const int st = j % kS;
-      if (ptid < T::kDp / 8) {
-        unsigned char* stage_ptr = smem + T::kSmemStages + st * T::kStageBytes;
-        split_mean<T>(stage_ptr, stage(st) + T::kMeanOffset, 2 * ptid);
-        split_mean<T>(stage_ptr, stage(st) + T::kMeanOffset, 2 * ptid + 1);
+      if (ptid < T::kDp / 4) {
+        split_mean<T>(smem + T::kSmemStages + st * T::kStageBytes, stage(st) + T::kMeanOffset,
+                      ptid);
       }
       fence_proxy_async_smem();
       mbarrier_arrive(full(st));

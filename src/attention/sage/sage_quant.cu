@@ -31,12 +31,6 @@ __device__ __forceinline__ int8_t quantize_int8(float x, float scale) {
   return static_cast<int8_t>(fminf(fmaxf(r, -127.0f), 127.0f));
 }
 
-// x rounded to fp16 after clamping to its finite range; NaN stays NaN (round_to_fp16_satfinite).
-__device__ __forceinline__ float fp16_satfinite(float x) {
-  if (x != x) return x;
-  return __half2float(__float2half_rn(fminf(fmaxf(x, -65504.0f), 65504.0f)));
-}
-
 __device__ __forceinline__ float block_max(float v, float* scratch) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   const int warp = threadIdx.x / 32;
@@ -124,7 +118,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const Sag
                  static_cast<int64_t>(h) * p.dst_head_stride;
   int8_t* k_codes = reinterpret_cast<int8_t*>(dst + sage_k_codes_offset(dp));
   uint8_t* v_codes = dst + sage_v_codes_offset(dp);
-  __half* k_mean = reinterpret_cast<__half*>(dst + sage_k_mean_offset(dp));
+  float* k_mean = reinterpret_cast<float*>(dst + sage_k_mean_offset(dp));
   bf16* v_scale = reinterpret_cast<bf16*>(dst + sage_v_scale_offset(dp));
   float* k_scale = reinterpret_cast<float*>(dst + sage_k_scale_offset(dp));
 
@@ -133,7 +127,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const Sag
   float mean = 0.0f;
   if (d < hd) {
     for (int j = 0; j < n; ++j) mean += __bfloat162float(ks[j][d]);
-    mean = fp16_satfinite(mean / static_cast<float>(n));
+    mean /= static_cast<float>(n);
   }
   float local = 0.0f;
   if (d < hd) {
@@ -141,7 +135,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_pages_kernel(const Sag
   }
   const float kscale = block_max(local, red) / 127.0f;
   if (d < dp) {
-    k_mean[d] = __float2half_rn(d < hd ? mean : 0.0f);  // exact: mean is an fp16 value
+    k_mean[d] = d < hd ? mean : 0.0f;
     for (int j = 0; j < kSagePageSize; ++j) {
       k_codes[static_cast<int64_t>(j) * dp + d] =
           j < n && d < hd ? quantize_int8(__bfloat162float(ks[j][d]) - mean, kscale) : int8_t{0};
