@@ -75,7 +75,8 @@ Action add_serve(CLI::App& root) {
   app->add_option("--served-model-name", s.served_model_name,
                   "Model id in the API (default: the model directory's name)");
   app->add_option("--max-running-requests", s.scheduler.max_running_requests,
-                  "Requests in the running batch at most")
+                  "Requests in the running batch at most (a GPU 8-bit KV cache reserves a bf16 "
+                  "page of every layer for each)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 16));
   app->add_option("--chunked-prefill-size", s.scheduler.chunked_prefill_size,

@@ -254,7 +254,9 @@ struct Consumer {
       sm80::apply_mask<T::kNT>(s, n * T::kBlockN, row_g, lane, b.kv_len, b.causal_offset, p.causal);
     }
     softmax.update(s, pk, p.scale_log2, alpha);
-    rescale<T::kDT>(acc, alpha);
+    // alpha is exactly 1 for a row whose max did not move: when that holds for the whole warp the
+    // multiplies change no bit and are skipped (most tiles once the running max has settled).
+    if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) rescale<T::kDT>(acc, alpha);
   }
 };
 
