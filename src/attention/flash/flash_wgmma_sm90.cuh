@@ -60,6 +60,15 @@ __device__ __forceinline__ uint64_t sw64_desc(uint32_t addr) {
          (static_cast<uint64_t>(512 >> 4) << 32) | (uint64_t{2} << 62);
 }
 
+// The descriptor of the operand `off_bytes` (a multiple of 16) past the one `desc` describes: the
+// start address field is addr >> 4 in bits 0-13 and shared addresses stay below 2^18, so the add
+// never carries out of the field. One 32-bit add per product in the main loops instead of
+// rebuilding each descriptor (mask, shift, or) in the uniform datapath.
+__device__ __forceinline__ uint64_t desc_plus(uint64_t desc, uint32_t off_bytes) {
+  const uint32_t lo = static_cast<uint32_t>(desc) + (off_bytes >> 4);
+  return (desc & 0xFFFFFFFF00000000ull) | lo;
+}
+
 __device__ __forceinline__ void wgmma_fence() {
 #if SAGELLM_HAS_WGMMA
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");

@@ -12,13 +12,13 @@
 // swizzle; V rows of 64 bytes, 64-byte swizzle), writes the page's K mean as three exact bf16
 // parts (split_mean) and hands the stage over through full/empty mbarriers.
 // Per page and warpgroup:
-//   S = Q8 K8^T (wgmma m64n64k32 s8, int32), and q . k_mean on the tensor cores too (bf16 queries
-//   times the mean's parts, wgmma m64n16k16: exact products, fp32 sums), so that the smoothing
-//   costs the softmax three additions and a multiply by q_factor per row instead of a 128-term
-//   dot product out of shared memory;
+//   S = Q8 K8^T (wgmma m64n64k32 s8, int32), and q . k_mean on the tensor cores too (bf16 queries,
+//   held in registers, times the mean's parts, wgmma m64n16k16: exact products, fp32 sums), so
+//   that the smoothing costs the softmax three additions and a multiply by q_factor per row
+//   instead of a 128-term dot product out of shared memory;
 //   one running-max update, taken over the integer products (s is increasing in them); P =
-//   exp2(S - m) as one FMA and one exp2 per score, rounded to FP8 (x448, folded into the exponent)
-//   in registers;
+//   exp2(S - m) as one FMA (on the biased integer's float bits) and one exp2 per score, rounded
+//   to FP8 (x448, folded into the exponent) in registers;
 //   partial = P V (wgmma m64n136k32 e4m3, a fresh fp32 accumulator), then
 //   acc = acc * alpha + partial * v_scale (the two-level accumulation of the specification).
 // The product's 8 extra columns multiply P by a row of ones kept under each stage's V tile: they
@@ -44,6 +44,7 @@
 
 namespace sagellm::sage_cuda::sm90 {
 
+using flash_cuda::sm90::desc_plus;
 using flash_cuda::sm90::fence_proxy_async_smem;
 using flash_cuda::sm90::mbarrier_arrive;
 using flash_cuda::sm90::mbarrier_init;
@@ -67,6 +68,7 @@ using sm80::cp_async_wait;
 using sm80::f32x2_to_e4m3x2;
 using sm80::fast_exp2;
 using sm80::kBiasedZero;
+using sm80::kU8Magic;
 using sm80::quad_sum;
 using sm80::smem_addr;
 using sm80::swz;
@@ -95,11 +97,20 @@ struct PrefillTraits {
   static constexpr int kPT = kVRows / 8;  // 8-column tiles of the P.V product
   static constexpr int kVBytes = kSagePageSize * kVRows;
   static constexpr int kMetaBytes = 6 * kDp + 16;
+  // int8 mode: after the meta, the page's V scales widened to fp32 by the producer, in the order
+  // the fold reads them (vscale_fp32): row t of the quad holds channels 8 dt + 2 t, +1 for every
+  // dt, 128 bytes padded to 144 so that the quad's four rows fall in different banks. The fp8
+  // fold reads the bf16 scales as stored: measured, the widened ones made the fp8 kernel 3-5%
+  // slower and the int8 one about 2% faster (its fold converts the integer partials as well).
+  static constexpr bool kVScaleFp32 = kPvInt8;
+  static constexpr int kVScaleRowBytes = (kDp / 4) * 4 + 16;
+  static constexpr int kVScaleBytes = kVScaleFp32 ? 4 * kVScaleRowBytes : 0;
   // The page's K mean as the B operand of q . k_mean (issue_qk): 16 rows of kDp bf16.
   static constexpr int kMeanRows = 16;
   // K at 0 and V at kKBytes (on 1024- and 512-byte boundaries, as the swizzles need), then meta,
   // then the mean rows (on a 1024-byte boundary).
-  static constexpr int kMeanOffset = (kKBytes + kVBytes + kMetaBytes + 1023) / 1024 * 1024;
+  static constexpr int kMeanOffset =
+      (kKBytes + kVBytes + kMetaBytes + kVScaleBytes + 1023) / 1024 * 1024;
   static constexpr int kStageBytes = kMeanOffset + kMeanRows * kDp * 2;
   static constexpr int kQ8Bytes = kRows * kDp;
   static constexpr int kQhBytes = kRows * kDp * 2;  // bf16 queries, 128-byte swizzle (wgmma)
@@ -107,6 +118,8 @@ struct PrefillTraits {
   static constexpr int kSmemBarriers = kSmemStages + kStages * kStageBytes;
   static constexpr int kSmemBytes = kSmemBarriers + 2 * kStages * 8 + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA");
+  static_assert(kStageBytes % 1024 == 0 && (kKBytes + kVBytes + kMetaBytes) % 16 == 0,
+                "stage alignment");
 };
 
 // One page of one KV head (pool or on-the-fly scratch block) into a stage, by the producer
@@ -202,6 +215,24 @@ __device__ __forceinline__ void split_mean(unsigned char* stage_ptr, uint32_t sm
                    "r"(part[k][0]), "r"(part[k][1])
                    : "memory");
     }
+  }
+}
+
+// The page's bf16 V scales as fp32 in the fold's order (PrefillTraits::kVScaleRowBytes): done by
+// the producer thread that copied meta chunk 32 + k (channels 8k .. 8k + 7), once its copies have
+// landed. The fold then takes each pair of scales with one 16-byte load per two column tiles and
+// no conversions (the values are the same: bf16 widens exactly).
+template <class T>
+__device__ __forceinline__ void vscale_fp32(unsigned char* stage_ptr, int k) {
+  unsigned char* meta = stage_ptr + T::kKBytes + T::kVBytes;
+  const uint4 raw = *reinterpret_cast<const uint4*>(meta + 4 * T::kDp + 16 * k);
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    float2 f;
+    f.x = __uint_as_float(w[t] << 16);
+    f.y = __uint_as_float(w[t] & 0xFFFF0000u);
+    *reinterpret_cast<float2*>(meta + T::kMetaBytes + t * T::kVScaleRowBytes + 8 * k) = f;
   }
 }
 
@@ -315,10 +346,21 @@ struct Consumer {
       off0 = (qm0 - ref0) + kLog2Fp8Max;
       off1 = (qm1 - ref1) + kLog2Fp8Max;
     }
+    // fp8 mode: the exponent as one FMA on the biased product itself, (kU8Magic + s) * sc +
+    // (off - kU8Magic * sc), rather than an FADD that unbiases s first; the offset's rounding (one
+    // per row and page, at most half an ulp of kU8Magic * sc) is the only difference
+    // (sage_numerics.h step 3), and FP8's conversion saturates at 448. int8 mode unbiases
+    // exactly: its page max must give P = 1, as a code above 255.5 would wrap the byte to 0.
+    const float boff0 = fmaf(-kU8Magic, sc0, off0), boff1 = fmaf(-kU8Magic, sc1, off1);
     // P (times 448 in fp8 mode) of element e of column tile j; 0 for a hidden key.
     const auto pv = [&](int j, int e) {
-      const float x =
-          fast_exp2(fmaf(biased_to_float(si[j][e]), e < 2 ? sc0 : sc1, e < 2 ? off0 : off1));
+      const float sc = e < 2 ? sc0 : sc1;
+      float x;
+      if constexpr (T::kPvInt8) {
+        x = fast_exp2(fmaf(biased_to_float(si[j][e]), sc, e < 2 ? off0 : off1));
+      } else {
+        x = fast_exp2(fmaf(__int_as_float(si[j][e]), sc, e < 2 ? boff0 : boff1));
+      }
       return visible(j, e) ? x : 0.0f;
     };
 #pragma unroll
@@ -350,15 +392,24 @@ struct Consumer {
   // is then skipped, which changes no bit.
   __device__ __forceinline__ void fold(const unsigned char* meta, int lane) {
     const int t = lane & 3;
-    const bf16* vscale = reinterpret_cast<const bf16*>(meta + 4 * T::kDp);
+    // The V scales of channels 8 dt + 2 t, +1.
+    const auto vs = [&](int dt) {
+      if constexpr (T::kVScaleFp32) {
+        const float4 f4 =
+            reinterpret_cast<const float4*>(meta + T::kMetaBytes + t * T::kVScaleRowBytes)[dt / 2];
+        return dt % 2 == 0 ? make_float2(f4.x, f4.y) : make_float2(f4.z, f4.w);
+      } else {
+        return __bfloat1622float2(
+            reinterpret_cast<const __nv_bfloat162*>(meta + 4 * T::kDp)[dt * 4 + t]);
+      }
+    };
     if constexpr (T::kPvInt8) {
       // The exact int32 partial sums, scaled by v_scale * beta (sage_numerics.h step 5).
       l[0] = fmaf(l[0], alpha[0], static_cast<float>(part[T::kDT][0]) * beta[0]);
       l[1] = fmaf(l[1], alpha[1], static_cast<float>(part[T::kDT][2]) * beta[1]);
 #pragma unroll
       for (int dt = 0; dt < T::kDT; ++dt) {
-        const float2 f =
-            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vscale + dt * 8 + 2 * t));
+        const float2 f = vs(dt);
         acc[dt][0] = fmaf(static_cast<float>(part[dt][0]), f.x * beta[0], acc[dt][0] * alpha[0]);
         acc[dt][1] = fmaf(static_cast<float>(part[dt][1]), f.y * beta[0], acc[dt][1] * alpha[0]);
         acc[dt][2] = fmaf(static_cast<float>(part[dt][2]), f.x * beta[1], acc[dt][2] * alpha[1]);
@@ -371,8 +422,7 @@ struct Consumer {
     if (__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
 #pragma unroll
       for (int dt = 0; dt < T::kDT; ++dt) {
-        const float2 f =
-            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vscale + dt * 8 + 2 * t));
+        const float2 f = vs(dt);
         acc[dt][0] = fmaf(part[dt][0], f.x, acc[dt][0]);
         acc[dt][1] = fmaf(part[dt][1], f.y, acc[dt][1]);
         acc[dt][2] = fmaf(part[dt][2], f.x, acc[dt][2]);
@@ -382,8 +432,7 @@ struct Consumer {
     }
 #pragma unroll
     for (int dt = 0; dt < T::kDT; ++dt) {
-      const float2 f =
-          __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vscale + dt * 8 + 2 * t));
+      const float2 f = vs(dt);
       acc[dt][0] = fmaf(part[dt][0], f.x, acc[dt][0] * alpha[0]);
       acc[dt][1] = fmaf(part[dt][1], f.y, acc[dt][1] * alpha[0]);
       acc[dt][2] = fmaf(part[dt][2], f.x, acc[dt][2] * alpha[1]);
@@ -392,33 +441,39 @@ struct Consumer {
   }
 };
 
-// S = Q8 K8^T (int32) and the parts of q . k_mean (fp32, bf16 products) of the page in stage sk,
-// for the warpgroup's rows (Q codes at q_wg, bf16 queries at qh_wg); issued, not waited for.
+// Descriptors of the warpgroup's operands: its Q codes (fixed), and stage 0's K, V and mean tiles
+// (stage st: + st * kStageBytes, desc_plus).
+struct Descs {
+  uint64_t q8, k, v, mean;
+};
+
+// S = Q8 K8^T (int32) and the parts of q . k_mean (fp32, bf16 products; the queries as register
+// fragments qhf) of the page whose K tile and mean rows have descriptors k and mean, for the
+// warpgroup's rows; issued, not waited for.
 template <class T>
-__device__ __forceinline__ void issue_qk(Consumer<T>& c, uint32_t q_wg, uint32_t qh_wg,
-                                         uint32_t sk) {
+__device__ __forceinline__ void issue_qk(Consumer<T>& c, const Descs& d, uint64_t k, uint64_t mean,
+                                         const uint32_t (&qhf)[T::kDp / 16][4]) {
 #pragma unroll
   for (int kk = 0; kk < T::kDp / 32; ++kk) {
-    wgmma_s8_n64(c.si, sw128_desc(q_wg + kk * 32, 0), sw128_desc(sk + kk * 32, 0), true);
+    wgmma_s8_n64(c.si, desc_plus(d.q8, kk * 32), desc_plus(k, kk * 32), true);
   }
-  const uint32_t smean = sk + T::kMeanOffset;
 #pragma unroll
   for (int kk = 0; kk < T::kDp / 16; ++kk) {
     const uint32_t col = (kk & 3) * 32;  // 16 columns = 32 bytes into the 128-byte row
-    wgmma_bf16_n16(c.qd, sw128_desc(qh_wg + (kk >> 2) * (T::kRows * 128) + col, 0),
-                   sw128_desc(smean + (kk >> 2) * (T::kMeanRows * 128) + col, 0), kk > 0);
+    wgmma_bf16_n16_rs(c.qd, qhf[kk], desc_plus(mean, (kk >> 2) * (T::kMeanRows * 128) + col),
+                      kk > 0);
   }
 }
 
 template <class T, class Part>
 __device__ __forceinline__ void issue_pv(Part (&part)[T::kPT][4], const uint32_t (&pa)[2][4],
-                                         uint32_t sv) {
+                                         uint64_t v) {
 #pragma unroll
   for (int kc = 0; kc < 2; ++kc) {
     if constexpr (T::kPvInt8) {
-      wgmma_u8s8_n144(part, pa[kc], sw64_desc(sv + kc * 32), kc > 0);
+      wgmma_u8s8_n144(part, pa[kc], desc_plus(v, kc * 32), kc > 0);
     } else {
-      wgmma_e4m3_n136(part, pa[kc], sw64_desc(sv + kc * 32), kc > 0);
+      wgmma_e4m3_n136(part, pa[kc], desc_plus(v, kc * 32), kc > 0);
     }
   }
 }
@@ -490,9 +545,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
     // Page j has landed (the thread's own copies of it): its mean rows, then the hand-over.
     const auto publish = [&](int j) {
       const int st = j % kS;
+      unsigned char* stage_ptr = smem + T::kSmemStages + st * T::kStageBytes;
       if (ptid < T::kDp / 4) {
-        split_mean<T>(smem + T::kSmemStages + st * T::kStageBytes, stage(st) + T::kMeanOffset,
-                      ptid);
+        split_mean<T>(stage_ptr, stage(st) + T::kMeanOffset, ptid);
+      } else if (T::kVScaleFp32 && ptid < T::kDp / 4 + T::kDp / 8) {
+        vscale_fp32<T>(stage_ptr, ptid - T::kDp / 4);
       }
       fence_proxy_async_smem();
       mbarrier_arrive(full(st));
@@ -522,8 +579,26 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
   cp_async_wait<0>();
   fence_proxy_async_smem();
   named_sync(3 + wg, 128);
-  const uint32_t q_wg = sq8 + wg * 64 * T::kDp;
-  const uint32_t qh_wg = sqh + wg * 64 * 128;
+  Descs d;
+  d.q8 = sw128_desc(sq8 + wg * 64 * T::kDp, 0);
+  d.k = sw128_desc(stage(0), 0);
+  d.v = sw64_desc(stage(0) + T::kKBytes);
+  d.mean = sw128_desc(stage(0) + T::kMeanOffset, 0);
+  const auto at = [&](uint64_t desc0, int st) { return desc_plus(desc0, st * T::kStageBytes); };
+  // The bf16 queries of q . k_mean as register A fragments (m16n8k16, the warp's 16 rows), loaded
+  // once: each of its 8 products per page then reads only the 512-byte mean tile from shared
+  // memory instead of 2 KB of queries too (measured: fp8 mode 2-3% faster than with both operands
+  // in shared memory, int8 mode the same). The Q codes stay in shared memory: as registers too
+  // they cost spills and were slower.
+  uint32_t qhf[T::kDp / 16][4];
+  {
+    using flash_cuda::sm80::ldmatrix_x4;
+    const int mi = lane >> 3, r = warp * 16 + (mi & 1) * 8 + (lane & 7);
+#pragma unroll
+    for (int kk = 0; kk < T::kDp / 16; ++kk) {
+      ldmatrix_x4(qhf[kk], sqh + sw128_offset<T::kRows>(r, 2 * kk + (mi >> 1)));
+    }
+  }
   int tok0, head0, tok1, head1;
   const bool valid0 = sm80::row_of<T>(b, warp * 16 + g, tok0, head0);
   const bool valid1 = sm80::row_of<T>(b, warp * 16 + g + 8, tok1, head1);
@@ -552,7 +627,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
     named_sync(my_turn, T::kConsumerThreads);
     c.bias_scores();
     wgmma_fence();
-    issue_qk<T>(c, q_wg, qh_wg, stage(0));
+    issue_qk<T>(c, d, d.k, d.mean, qhf);
     wgmma_commit();
     named_arrive(other_turn, T::kConsumerThreads);
     wgmma_wait<0>();
@@ -565,9 +640,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
       c.bias_scores();
       wgmma_fence();
       // P_{i-1} V_{i-1} first, then S_i: page i - 1 is folded while S_i is being computed.
-      issue_pv<T>(c.part, c.pa, stage(prev) + T::kKBytes);
+      issue_pv<T>(c.part, c.pa, at(d.v, prev));
       wgmma_commit();
-      issue_qk<T>(c, q_wg, qh_wg, stage(st));
+      issue_qk<T>(c, d, at(d.k, st), at(d.mean, st), qhf);
       wgmma_commit();
       named_arrive(other_turn, T::kConsumerThreads);
       wgmma_wait<1>();
@@ -581,7 +656,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) sage_prefill_kernel(const Sage
     const int last = (n_pages - 1) % kS;
     named_sync(my_turn, T::kConsumerThreads);
     wgmma_fence();
-    issue_pv<T>(c.part, c.pa, stage(last) + T::kKBytes);
+    issue_pv<T>(c.part, c.pa, at(d.v, last));
     wgmma_commit();
     if (wg == 0) named_arrive(other_turn, T::kConsumerThreads);
     wgmma_wait<0>();

@@ -87,20 +87,20 @@ __device__ __forceinline__ void wgmma_u8s8_n144(int (&d)[18][4], const uint32_t 
 
 #undef SAGELLM_ACC4I
 
-// d (64 x 16, fp32) = (accumulate ? d : 0) + A (64 x 16, bf16) * B (16 x 16, bf16), both K-major
-// in shared memory (128-byte swizzle, flash_wgmma_sm90.cuh's tile layout).
-__device__ __forceinline__ void wgmma_bf16_n16(float (&d)[2][4], uint64_t desc_a, uint64_t desc_b,
-                                               bool accumulate) {
+// d (64 x 16, fp32) = (accumulate ? d : 0) + A (64 x 16, bf16 m16n8k16 A fragments in registers)
+// * B (16 x 16, bf16, K-major in shared memory).
+__device__ __forceinline__ void wgmma_bf16_n16_rs(float (&d)[2][4], const uint32_t (&a)[4],
+                                                  uint64_t desc_b, bool accumulate) {
 #if SAGELLM_HAS_WGMMA
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, "
-      "%9, p, 1, 1, 0, 0;\n}\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, "
+      "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
       : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
         "+f"(d[1][2]), "+f"(d[1][3])
-      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(static_cast<int>(accumulate)));
 #else
-  (void)d, (void)desc_a, (void)desc_b, (void)accumulate;
+  (void)d, (void)a, (void)desc_b, (void)accumulate;
 #endif
 }
 
