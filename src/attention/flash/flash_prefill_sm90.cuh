@@ -145,25 +145,26 @@ __device__ __forceinline__ void load_kv(uint32_t sk, uint32_t sv, const FlashPar
   }
 }
 
-// S = Q K^T for the warpgroup's 64 rows (raw scores, fp32); issued, not waited for.
+// S = Q K^T for the warpgroup's 64 rows (raw scores, fp32), Q and the stage's K tile given by
+// their descriptors; issued, not waited for.
 template <class T>
-__device__ __forceinline__ void issue_qk(float (&s)[T::kNT][4], uint32_t q_wg, uint32_t sk) {
+__device__ __forceinline__ void issue_qk(float (&s)[T::kNT][4], uint64_t q_desc, uint64_t k_desc) {
 #pragma unroll
   for (int kk = 0; kk < T::kHeadDim / 16; ++kk) {
     const uint32_t col = (kk & 3) * 32;  // 16 columns = 32 bytes into the 128-byte row
-    wgmma_ss<T::kBlockN, 0>(s, sw128_desc(q_wg + (kk >> 2) * (T::kBlockM * 128) + col, 0),
-                            sw128_desc(sk + (kk >> 2) * (T::kBlockN * 128) + col, 0), kk > 0);
+    wgmma_ss<T::kBlockN, 0>(s, desc_plus(q_desc, (kk >> 2) * (T::kBlockM * 128) + col),
+                            desc_plus(k_desc, (kk >> 2) * (T::kBlockN * 128) + col), kk > 0);
   }
 }
 
 // O += P V for the warpgroup's rows, P packed bf16 (pk[j][0]: row g, pk[j][1]: row g + 8).
 template <class T>
 __device__ __forceinline__ void issue_pv(float (&acc)[T::kDT][4], const uint32_t (&pk)[T::kNT][2],
-                                         uint32_t sv) {
+                                         uint64_t v_desc) {
 #pragma unroll
   for (int kk = 0; kk < T::kBlockN / 16; ++kk) {
     const uint32_t a[4] = {pk[2 * kk][0], pk[2 * kk][1], pk[2 * kk + 1][0], pk[2 * kk + 1][1]};
-    wgmma_rs<T::kHeadDim, 1>(acc, a, sw128_desc(sv + kk * 16 * 128, T::kBlockN * 128));
+    wgmma_rs<T::kHeadDim, 1>(acc, a, desc_plus(v_desc, kk * 16 * 128));
   }
 }
 
@@ -371,7 +372,11 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   // Consumers: warpgroup wg (0 or 1) owns rows 64 wg .. 64 wg + 63.
   setmaxnreg_inc<T::kConsumerRegs>();
   const int wg = tid / 128, warp = tid / 32, lane = tid % 32;
-  const uint32_t q_wg = sq + wg * 64 * 128;
+  // Descriptors: the warpgroup's Q, and stage 0's K and V tiles (stage st: + st * kSmemKV).
+  const uint64_t q_desc = sw128_desc(sq + wg * 64 * 128, 0);
+  const uint64_t k_desc0 = sw128_desc(sk(0), 0), v_desc0 = sw128_desc(sv(0), T::kBlockN * 128);
+  const auto k_desc = [&](int st) { return desc_plus(k_desc0, st * T::kSmemKV); };
+  const auto v_desc = [&](int st) { return desc_plus(v_desc0, st * T::kSmemKV); };
   load_q<T>(sq, p, b, tid);
   cp_async_commit();
   cp_async_wait<0>();
@@ -393,7 +398,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     if (zero_tail && n_tiles == 1) zero_tail_rows<T>(sv(0), tail_keys, tid);
     named_sync(my_turn, T::kConsumerThreads);
     wgmma_fence();
-    issue_qk<T>(c.s, q_wg, sk(0));
+    issue_qk<T>(c.s, q_desc, k_desc(0));
     wgmma_commit();
     named_arrive(other_turn, T::kConsumerThreads);
     wgmma_wait<0>();
@@ -405,8 +410,8 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       if (zero_tail && n == n_tiles - 1) zero_tail_rows<T>(sv(stage), tail_keys, tid);
       named_sync(my_turn, T::kConsumerThreads);
       wgmma_fence();
-      issue_qk<T>(c.s, q_wg, sk(stage));
-      issue_pv<T>(c.acc, c.pk, sv(prev));
+      issue_qk<T>(c.s, q_desc, k_desc(stage));
+      issue_pv<T>(c.acc, c.pk, v_desc(prev));
       wgmma_commit();
       named_arrive(other_turn, T::kConsumerThreads);
       wgmma_wait<0>();
@@ -417,7 +422,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     }
     named_sync(my_turn, T::kConsumerThreads);
     wgmma_fence();
-    issue_pv<T>(c.acc, c.pk, sv((n_tiles - 1) % kS));
+    issue_pv<T>(c.acc, c.pk, v_desc((n_tiles - 1) % kS));
     wgmma_commit();
     if (wg == 0) named_arrive(other_turn, T::kConsumerThreads);
     wgmma_wait<0>();
