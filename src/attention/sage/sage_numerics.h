@@ -32,14 +32,7 @@
 //    P_j = exp2(s_j - m_new) of step 4 as exp2(fma(float(sum), q_scale * k_scale, qm - m_new))
 //    (fp8 mode: the factor 448 as + log2(448) in the exponent): the same values up to the
 //    rounding of a product and a sum per row and page and exp2's error, the order-of-operations
-//    differences this specification allows. In fp8 mode it takes float(sum) from the int32
-//    accumulated onto the bits of 1.5 * 2^23 and folds the bias into the row's offset,
-//    fma(1.5 * 2^23 + sum, q_scale * k_scale, offset - 1.5 * 2^23 * q_scale * k_scale): one
-//    instruction per score instead of two. The offset's rounding, at most half an ulp of
-//    1.5 * 2^23 * q_scale * k_scale, i.e. 0.75 q_scale * k_scale (under one integer step of the
-//    sum, against INT8 rounding noise of ~100 steps), moves all of a row's exponents on a page
-//    by the same amount (GPU against the CPU twin stays within the 2e-3 rel-L1 that
-//    tests/gpu_attention bound, 1.4e-3 of it the bf16 rounding of the output).
+//    differences this specification allows.
 //    The split-KV kernel (decode) sums qm per lane over a few head dims and then over the lanes
 //    in a fixed shuffle tree: another order of the same fp32 sum.
 // 4. Online softmax over the request's pages in order; the running max is updated once per page,
