@@ -444,7 +444,6 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
     } else {
       gpu::add_rmsnorm(resid, delta, bf(l.input_norm), xn, rows, h, eps, s);
     }
-    gemm_.linear(xn, bf(l.qkv), qkv, rows, qkv_dim, h, s);
     gpu::RopeParams rp;
     rp.q = qkv;
     rp.q_heads = nh;
@@ -476,9 +475,12 @@ void LlamaCudaModel::enqueue_step(GpuKVCache& cache, CudaAttention& attention, i
     kw.num_pages = int8 ? cache.num_tail_slots() : ks.num_pages;
     const bool seal = int8 && seal_grid > 0;
     if (!seal && !timed) {
-      gpu::rope_kv_write(rp, kw, s);  // one launch instead of two
+      // RoPE and the cache write in the projection's epilogue on the GEMV path (decode), in one
+      // launch after it otherwise.
+      gemm_.linear_rope_kv_write(xn, bf(l.qkv), qkv, rows, h, rp, kw, s);
     } else {
       // Apart when timed, so that the timed span (bench --attention-share) starts after RoPE.
+      gemm_.linear(xn, bf(l.qkv), qkv, rows, qkv_dim, h, s);
       gpu::rope(rp, s);
       if (timed) SAGELLM_CUDA_CHECK(cudaEventRecord(attention_events_[ev], s));
     }

@@ -18,11 +18,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "gpu_test_util.h"
+#include "io/model_config.h"
 #include "kernels/cuda/ops.h"
+#include "model/rope.h"
 
 namespace sagellm {
 namespace {
@@ -186,6 +189,7 @@ TEST_F(GemmGpu, SmallMGemvShapes) {
     check_gemm(gemm, {3, 7, 8}, 95);                                    // fewer rows than a CTA
     check_gemm(gemm, {4, 128256, 64, DType::kF32}, 96);                 // LM head of a small model
     check_gemm(gemm, {2, 12288, 1000}, 98);  // two warps per row group (gemv_split)
+    check_gemm(gemm, {1, 40000, 256}, 99);   // one warp per row group
   }
 }
 
@@ -213,9 +217,9 @@ TEST_F(GemmGpu, SwiGluEqualsProjectionThenSiluMul) {
     int m, inter, k;
     bool gemv;
   };
-  for (const Case& c :
-       {Case{1, 14336, 4096, true}, Case{3, 1000, 520, true}, Case{4, 6000, 256, true},
-        Case{2, 9000, 64, true}, Case{6, 300, 128, true}, Case{2, 500, 256, false}}) {
+  for (const Case& c : {Case{1, 14336, 4096, true}, Case{3, 1000, 520, true},
+                        Case{4, 6000, 256, true}, Case{2, 9000, 64, true}, Case{1, 17000, 64, true},
+                        Case{6, 300, 128, true}, Case{2, 500, 256, false}}) {
     SCOPED_TRACE(fmt::format("m {} inter {} k {} gemv {}", c.m, c.inter, c.k, c.gemv));
     gpu::Gemm gemm;
     gemm.set_small_m_kernel(c.gemv);
@@ -237,6 +241,105 @@ TEST_F(GemmGpu, SwiGluEqualsProjectionThenSiluMul) {
     size_t nonzero = 0;
     for (uint16_t b : want_bits) nonzero += (b & 0x7fff) != 0;
     EXPECT_GT(nonzero, want_bits.size() / 2) << "a degenerate case";
+  }
+}
+
+// linear_rope_kv_write against the three steps it fuses (the QKV projection, RoPE, the KV-cache
+// write), bit for bit: the rotated q and k and the plain v in qkv, and both caches, on the GEMV
+// path (m <= 4, each split of gemv_split, head dims with an odd half) and on the GEMM path; rows
+// with a padding page or a page outside the pool are not cached.
+TEST_F(GemmGpu, QkvRopeKvWriteEqualsProjectionThenRopeKvWrite) {
+  struct Case {
+    int m, q_heads, kv_heads, head_dim, k;
+    bool gemv;
+  };
+  for (const Case& c : {Case{1, 32, 8, 128, 1024, true}, Case{4, 8, 2, 64, 512, true},
+                        Case{3, 64, 8, 128, 256, true}, Case{2, 160, 16, 128, 64, true},
+                        Case{2, 3, 1, 10, 64, true}, Case{1, 8, 4, 8, 64, true},
+                        Case{6, 4, 2, 64, 128, true}, Case{2, 8, 2, 64, 256, false}}) {
+    SCOPED_TRACE(fmt::format("m {} heads {}/{} head_dim {} k {} gemv {}", c.m, c.q_heads,
+                             c.kv_heads, c.head_dim, c.k, c.gemv));
+    const int n = (c.q_heads + 2 * c.kv_heads) * c.head_dim;
+    const int page_size = 16, num_pages = 3;
+    gpu::Gemm gemm;
+    gemm.set_small_m_kernel(c.gemv);
+    const auto d_a =
+        testing::upload(testing::to_bf16(testing::random_bf16_values(size_t(c.m) * c.k, 111)));
+    const auto d_w =
+        testing::upload(testing::to_bf16(testing::random_bf16_values(size_t(n) * c.k, 112, 0.05f)));
+    const size_t cache_elems = size_t(num_pages) * c.kv_heads * page_size * c.head_dim;
+    const std::vector<bf16> k_init =
+        testing::to_bf16(testing::random_bf16_values(cache_elems, 113, 50.0f));
+    const std::vector<bf16> v_init =
+        testing::to_bf16(testing::random_bf16_values(cache_elems, 114, 50.0f));
+    std::mt19937_64 rng(115);
+    std::uniform_int_distribution<int32_t> pos_dist(0, 131071);
+    std::vector<int32_t> positions(c.m), pages(c.m), slots(c.m);
+    for (int t = 0; t < c.m; ++t) {
+      positions[t] = pos_dist(rng);
+      pages[t] = t == 1 ? -1 : t == 3 ? num_pages : t % num_pages;
+      slots[t] = (5 * t + 2) % page_size;
+    }
+    io::RopeConfig rope;
+    rope.theta = 500000.0;
+    const auto d_inv = testing::upload(rope_inv_freq(rope, c.head_dim));
+    const auto d_pos = testing::upload(positions);
+    const auto d_pages = testing::upload(pages);
+    const auto d_slots = testing::upload(slots);
+    struct Out {
+      std::vector<uint16_t> qkv, k, v;
+    };
+    const auto bits = [](const std::vector<bf16>& v) {
+      std::vector<uint16_t> b;
+      for (bf16 x : v) b.push_back(testing::bits_of(x));
+      return b;
+    };
+    const auto run = [&](bool fused) {
+      DeviceBuffer<bf16> qkv(size_t(c.m) * n);
+      auto d_k = testing::upload(k_init);
+      auto d_v = testing::upload(v_init);
+      gpu::RopeParams rp;
+      rp.q = qkv.data();
+      rp.q_heads = c.q_heads;
+      rp.q_row_stride = n;
+      rp.k = qkv.data() + int64_t(c.q_heads) * c.head_dim;
+      rp.k_heads = c.kv_heads;
+      rp.k_row_stride = n;
+      rp.rows = c.m;
+      rp.head_dim = c.head_dim;
+      rp.inv_freq = d_inv.data();
+      rp.positions = d_pos.data();
+      gpu::KVCacheWriteParams kw;
+      kw.k = rp.k;
+      kw.k_row_stride = n;
+      kw.v = rp.k + int64_t(c.kv_heads) * c.head_dim;
+      kw.v_row_stride = n;
+      kw.k_cache = d_k.data();
+      kw.v_cache = d_v.data();
+      kw.pages = d_pages.data();
+      kw.slots = d_slots.data();
+      kw.rows = c.m;
+      kw.kv_heads = c.kv_heads;
+      kw.head_dim = c.head_dim;
+      kw.page_size = page_size;
+      kw.num_pages = num_pages;
+      if (fused) {
+        gemm.linear_rope_kv_write(d_a.data(), d_w.data(), qkv.data(), c.m, c.k, rp, kw, nullptr);
+      } else {
+        gemm.linear(d_a.data(), d_w.data(), qkv.data(), c.m, n, c.k, nullptr);
+        gpu::rope(rp, nullptr);
+        gpu::kv_cache_write(kw, nullptr);
+      }
+      return Out{bits(testing::download(qkv)), bits(testing::download(d_k)),
+                 bits(testing::download(d_v))};
+    };
+    const Out want = run(false);
+    const Out got = run(true);
+    EXPECT_EQ(got.qkv, want.qkv);
+    EXPECT_EQ(got.k, want.k);
+    EXPECT_EQ(got.v, want.v);
+    EXPECT_NE(want.k, bits(k_init)) << "the case cached nothing";
+    EXPECT_NE(want.v, bits(v_init)) << "the case cached nothing";
   }
 }
 

@@ -84,13 +84,30 @@ __device__ __forceinline__ bool decode_block(const FlashParams& p, DecodeBlock& 
   return true;
 }
 
+// cp.async.wait_group n for a run-time n in [0, N].
+template <int N>
+__device__ __forceinline__ void cp_async_wait_upto(int n) {
+  if constexpr (N == 0) {
+    cp_async_wait<0>();
+  } else {
+    if (n >= N) {
+      cp_async_wait<N>();
+    } else {
+      cp_async_wait_upto<N - 1>(n);
+    }
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(T::kThreads) flash_decode_kernel(const FlashParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
-  cuda_pdl::pdl_wait();
-  cuda_pdl::pdl_launch_dependents();
+  // The metadata decode_block reads is uploaded before the step, not written by its kernels, so
+  // it is read before the wait for the previous kernel (programmatic dependent launch).
   DecodeBlock b;
-  if (!decode_block<T>(p, b)) return;
+  if (!decode_block<T>(p, b)) {
+    cuda_pdl::pdl_wait();
+    return;
+  }
   using Mma = typename T::Mma;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const uint32_t sq = smem_addr(smem);
@@ -102,6 +119,24 @@ __global__ void __launch_bounds__(T::kThreads) flash_decode_kernel(const FlashPa
   const int32_t* block_row = p.block_table + static_cast<int64_t>(b.seq) * p.block_table_stride;
   const int row_base = b.m_block * T::kBlockM;
 
+  // Keys before this step's new tokens (kv_len - q_len on) are in pages no kernel of the step
+  // writes (only the new tokens' slots are written; shared prefix pages are full), so the
+  // prologue's tiles that hold only such keys are loaded before the wait, overlapping the tail of
+  // the kernel that writes q and the new keys. Q and the other tiles wait.
+  const int first_new_key = b.kv_len - b.q_len;
+  int early_tiles = 0;
+#pragma unroll
+  for (int i = 0; i < T::kStages - 1; ++i) {
+    const int tile = b.tile_begin + i;
+    if (early_tiles == i && tile < b.tile_end && (tile + 1) * T::kBlockN <= first_new_key) {
+      load_kv_tile<T::kHeadDim, T::kThreads>(sk(i), sv(i), p, block_row, b.kv_head, b.kv_len,
+                                             tile * T::kBlockN, tid);
+      cp_async_commit();
+      ++early_tiles;
+    }
+  }
+  cuda_pdl::pdl_wait();
+  cuda_pdl::pdl_launch_dependents();
   TileCopy<T::kBlockM, T::kHeadDim, T::kThreads>::load(
       sq, tid, p.head_dim, qbase, [&](int r) -> const bf16* {
         const int pr = row_base + r;
@@ -111,16 +146,18 @@ __global__ void __launch_bounds__(T::kThreads) flash_decode_kernel(const FlashPa
                static_cast<int64_t>(head) * p.q_head_stride;
       });
   cp_async_commit();
-  // Prologue: the first kStages - 1 tiles, one commit group each (empty groups keep the count).
+  // The rest of the prologue's kStages - 1 tiles, one commit group each (empty groups keep the
+  // count: kStages groups in all, the early tiles' first, then Q's).
 #pragma unroll
   for (int i = 0; i < T::kStages - 1; ++i) {
+    if (i < early_tiles) continue;
     if (b.tile_begin + i < b.tile_end) {
       load_kv_tile<T::kHeadDim, T::kThreads>(sk(i), sv(i), p, block_row, b.kv_head, b.kv_len,
                                              (b.tile_begin + i) * T::kBlockN, tid);
     }
     cp_async_commit();
   }
-  cp_async_wait<T::kStages - 1>();  // Q has landed
+  cp_async_wait_upto<T::kStages - 1>(T::kStages - 1 - early_tiles);  // Q has landed
   __syncthreads();
   uint32_t qf[Mma::kKSteps][4];
   Mma::template load_q<T::kBlockM>(qf, sq, 0, lane);

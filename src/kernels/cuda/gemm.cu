@@ -250,4 +250,54 @@ void Gemm::linear_swiglu(const __nv_bfloat16* a, const __nv_bfloat16* w, __nv_bf
   silu_mul(gate_up, act, m, inter, stream);
 }
 
+void Gemm::linear_rope_kv_write(const __nv_bfloat16* a, const __nv_bfloat16* w, __nv_bfloat16* qkv,
+                                int m, int k, const RopeParams& rp, const KVCacheWriteParams& kw,
+                                cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(rp.q_heads + 2 * rp.k_heads) * rp.head_dim;
+  SAGELLM_GPU_REQUIRE(m >= 0 && k > 0 && n > 0 && n <= int64_t{0x7fffffff},
+                      "gemm: bad QKV shape m=", m, " n=", n, " k=", k);
+  if (m == 0) return;
+  RopeParams r = rp;
+  KVCacheWriteParams c = kw;
+  const int hd = rp.head_dim;
+  // The epilogue writes the rotated heads into qkv's rows, so the rows RoPE and the cache write
+  // read must be those rows.
+  const bool fused_layout = rp.q == qkv && rp.k == qkv + static_cast<int64_t>(rp.q_heads) * hd &&
+                            kw.v == rp.k + static_cast<int64_t>(rp.k_heads) * hd &&
+                            rp.q_row_stride == n && rp.k_row_stride == n && kw.v_row_stride == n &&
+                            rp.rows == m && kw.rows == m && kw.kv_heads == rp.k_heads;
+  GemvArgs gv;
+  gv.a = a;
+  gv.w = w;
+  gv.c = qkv;
+  gv.rope = true;
+  gv.m = m;
+  gv.n = static_cast<int>(n);
+  gv.k = k;
+  gv.lda = k;
+  gv.ldc = n;
+  gv.rope_kv.q_heads = rp.q_heads;
+  gv.rope_kv.kv_heads = rp.k_heads;
+  gv.rope_kv.head_dim = hd;
+  if (!(use_gemv_ && fused_layout && gemv_supports(gv, false))) {
+    linear(a, w, qkv, m, static_cast<int>(n), k, stream);
+    rope_kv_write(rp, kw, stream);
+    return;
+  }
+  SAGELLM_GPU_REQUIRE(a != nullptr && w != nullptr, "gemm: null pointer");
+  if (!rope_kv_write_prepare(r, c)) {  // nothing to rotate or cache
+    linear(a, w, qkv, m, static_cast<int>(n), k, stream);
+    return;
+  }
+  gv.rope_kv.inv_freq = r.inv_freq;
+  gv.rope_kv.positions = r.positions;
+  gv.rope_kv.k_cache = c.k_cache;
+  gv.rope_kv.v_cache = c.v_cache;
+  gv.rope_kv.pages = c.pages;
+  gv.rope_kv.slots = c.slots;
+  gv.rope_kv.page_size = c.page_size;
+  gv.rope_kv.num_pages = c.num_pages;
+  SAGELLM_CUDA_CHECK(gemv_launch(gv, stream));
+}
+
 }  // namespace sagellm::gpu

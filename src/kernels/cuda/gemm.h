@@ -15,6 +15,7 @@
 #include <memory>
 
 #include "core/dtype.h"
+#include "kernels/cuda/ops.h"
 
 namespace sagellm::gpu {
 
@@ -59,6 +60,14 @@ class Gemm {
   // and silu_mul reads it.
   void linear_swiglu(const __nv_bfloat16* a, const __nv_bfloat16* w, __nv_bfloat16* gate_up,
                      __nv_bfloat16* act, int m, int inter, int k, cudaStream_t stream);
+
+  // The QKV projection of rows whose q, k and v heads are rp's q, rp's k and kw's v, in that order
+  // in each row of qkv (n = (q_heads + 2 * kv_heads) * head_dim, row stride n), followed by
+  // rope_kv_write(rp, kw). On the GEMV path RoPE and the cache write run in its epilogue (the
+  // same bits, one launch fewer per layer); otherwise linear() and then rope_kv_write().
+  void linear_rope_kv_write(const __nv_bfloat16* a, const __nv_bfloat16* w, __nv_bfloat16* qkv,
+                            int m, int k, const RopeParams& rp, const KVCacheWriteParams& kw,
+                            cudaStream_t stream);
 
   size_t workspace_bytes() const;
   size_t cached_plans() const;

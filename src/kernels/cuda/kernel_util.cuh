@@ -104,6 +104,20 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
   return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
 }
 
+// RoPE's angle for pair i at a position, and the rotation of the pair (x1, x2) = (v[i],
+// v[i + head_dim/2]) (gpu::rope's formulas, ops.h): products and sum rounded explicitly so that
+// the compiler cannot fuse them, giving the fp32 result sagellm::Rope computes; full-range
+// sincosf, not __sincosf. Every kernel that rotates goes through these, so all give one set of
+// bits.
+__device__ __forceinline__ void rope_cos_sin(float inv_freq, int32_t position, float* c, float* s) {
+  sincosf(__fmul_rn(inv_freq, static_cast<float>(position)), s, c);
+}
+__device__ __forceinline__ void rope_rotate(float x1, float x2, float c, float s, __nv_bfloat16* y1,
+                                            __nv_bfloat16* y2) {
+  *y1 = __float2bfloat16_rn(__fadd_rn(__fmul_rn(x1, c), __fmul_rn(-x2, s)));
+  *y2 = __float2bfloat16_rn(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);

@@ -120,6 +120,11 @@ void kv_cache_write(const KVCacheWriteParams& p, cudaStream_t stream);
 // Used by decode steps, where the launch, not the bytes, is the cost.
 void rope_kv_write(const RopeParams& rp, const KVCacheWriteParams& kw, cudaStream_t stream);
 
+// rope_kv_write's argument checks (sagellm::Error), filling in zero strides; false when there is
+// nothing to do. Also used where RoPE and the cache write run in a GEMV's epilogue
+// (Gemm::linear_rope_kv_write).
+bool rope_kv_write_prepare(RopeParams& rp, KVCacheWriteParams& kw);
+
 // Host-side check of a slot mapping: pages[t] in [0, num_pages) or -1 (padding), slots[t] in
 // [0, page_size). Throws sagellm::Error naming the first bad row.
 void validate_kv_slots(std::span<const int32_t> pages, std::span<const int32_t> slots,

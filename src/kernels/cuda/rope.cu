@@ -15,9 +15,8 @@ constexpr int kMaxHeadDim = 1024;
 
 // Grid: (blocks over the row's (head, pair) items, rows); a decode step has one row, and its 40
 // heads x 64 pairs (Llama-3.1-8B) spread over many blocks instead of one block's serial loop.
-// Each block computes the row's cos/sin table into shared memory for its items. Products and the
-// sum are rounded explicitly (__fmul_rn/__fadd_rn) so the compiler cannot fuse them: the fp32
-// result is then the one sagellm::Rope computes from the same cos/sin.
+// Each block computes the row's cos/sin table into shared memory for its items
+// (detail::rope_cos_sin and rope_rotate give the formulas' bits).
 //
 // kWriteCache: the row's rotated K and its V are also stored into their KV-cache slot (the
 // kv_cache_write of the same rows), saving a launch per layer; the V pairs are extra items after
@@ -33,14 +32,9 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p, KVCacheWri
   const int items = kWriteCache ? pairs + kw.kv_heads * half : pairs;
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   for (int64_t row = blockIdx.y; row < p.rows; row += gridDim.y) {
-    const float pos = static_cast<float>(p.positions[row]);
+    const int32_t pos = p.positions[row];
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
-      const float angle = __fmul_rn(p.inv_freq[i], pos);
-      float s;
-      float c;
-      sincosf(angle, &s, &c);  // full-range argument reduction; not __sincosf
-      cs[i] = c;
-      cs[half + i] = s;
+      detail::rope_cos_sin(p.inv_freq[i], pos, &cs[i], &cs[half + i]);
     }
     __syncthreads();
     if (e < items) {
@@ -62,10 +56,8 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeParams p, KVCacheWri
                                       static_cast<int64_t>(h - p.q_heads) * p.head_dim;
         const float x1 = __bfloat162float(v[i]);
         const float x2 = __bfloat162float(v[half + i]);
-        const float c = cs[i];
-        const float s = cs[half + i];
-        const bf16 y1 = __float2bfloat16_rn(__fadd_rn(__fmul_rn(x1, c), __fmul_rn(-x2, s)));
-        const bf16 y2 = __float2bfloat16_rn(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+        bf16 y1, y2;
+        detail::rope_rotate(x1, x2, cs[i], cs[half + i], &y1, &y2);
         v[i] = y1;
         v[half + i] = y2;
         if constexpr (kWriteCache) {
@@ -131,10 +123,8 @@ void rope(const RopeParams& params, cudaStream_t stream) {
   launch_rope<false>(p, KVCacheWriteParams{}, stream);
 }
 
-void rope_kv_write(const RopeParams& params, const KVCacheWriteParams& cache, cudaStream_t stream) {
-  RopeParams p = params;
-  KVCacheWriteParams kw = cache;
-  if (!check_rope(p)) return;
+bool rope_kv_write_prepare(RopeParams& p, KVCacheWriteParams& kw) {
+  if (!check_rope(p)) return false;
   const int64_t row_elems = static_cast<int64_t>(kw.kv_heads) * kw.head_dim;
   if (kw.k_row_stride == 0) kw.k_row_stride = row_elems;
   if (kw.v_row_stride == 0) kw.v_row_stride = row_elems;
@@ -150,6 +140,13 @@ void rope_kv_write(const RopeParams& params, const KVCacheWriteParams& cache, cu
   SAGELLM_GPU_REQUIRE(kw.v != nullptr && kw.k_cache != nullptr && kw.v_cache != nullptr &&
                           kw.pages != nullptr && kw.slots != nullptr,
                       "rope_kv_write: null pointer");
+  return true;
+}
+
+void rope_kv_write(const RopeParams& params, const KVCacheWriteParams& cache, cudaStream_t stream) {
+  RopeParams p = params;
+  KVCacheWriteParams kw = cache;
+  if (!rope_kv_write_prepare(p, kw)) return;
   launch_rope<true>(p, kw, stream);
 }
 
